@@ -1,0 +1,61 @@
+import { X509Certificate, constants as cryptoConstants } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { createSecureContext, type SecureContext, type SecureContextOptions } from 'node:tls';
+import { reason } from '../reason.js';
+import { fingerprint } from './fingerprint.js';
+
+/** Our own key and certificate, ready for both sides of a connection. */
+export interface Identity {
+  /** For dialing: the context every outgoing connection presents. */
+  context: SecureContext;
+  /** For the listener: the same material as options, since tls.Server builds its own context. */
+  options: SecureContextOptions;
+  /** Our certificate's fingerprint, as peers see it in SHA256. */
+  fingerprint: string;
+}
+
+export class IdentityError extends Error {}
+
+/**
+ * TLS 1.2 is the floor; renegotiation is refused (it is a DoS vector and nothing here needs it).
+ * Shared by every context so that a reload cannot quietly drop one of these settings.
+ */
+function contextOptions(key: Buffer, cert: Buffer): SecureContextOptions {
+  return {
+    key,
+    cert,
+    minVersion: 'TLSv1.2',
+    secureOptions: cryptoConstants.SSL_OP_NO_RENEGOTIATION,
+  };
+}
+
+/** Reads and checks key and certificate; any problem is one IdentityError naming the file. */
+export async function loadIdentity(keyFile: string, certFile: string): Promise<Identity> {
+  const [key, cert] = await Promise.all([readCredential(keyFile, 'key'), readCredential(certFile, 'certificate')]);
+  let leaf: X509Certificate;
+  try {
+    leaf = new X509Certificate(cert);
+  } catch (error) {
+    throw new IdentityError(`Cannot use certificate file ${certFile}: ${reason(error)}`);
+  }
+  const options = contextOptions(key, cert);
+  let context: SecureContext;
+  try {
+    context = createSecureContext(options);
+  } catch (error) {
+    const why = reason(error);
+    if (/key values mismatch/i.test(why)) {
+      throw new IdentityError(`Key file ${keyFile} does not match certificate file ${certFile}`);
+    }
+    throw new IdentityError(`Cannot use key file ${keyFile} with certificate file ${certFile}: ${why}`);
+  }
+  return { context, options, fingerprint: fingerprint(leaf.raw) };
+}
+
+async function readCredential(file: string, what: string): Promise<Buffer> {
+  try {
+    return await readFile(file);
+  } catch (error) {
+    throw new IdentityError(`Cannot read ${what} file ${file}: ${reason(error)}`);
+  }
+}

@@ -1,0 +1,103 @@
+import { createServer as createNetServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
+import { createServer as createTlsServer, type SecureContextOptions, type Server as TlsServer, type TLSSocket } from 'node:tls';
+import type { Logger } from '../logger.js';
+import { reason } from '../reason.js';
+
+export interface ListenerOptions {
+  host: string;
+  port: number;
+  credentials: SecureContextOptions;
+  handshakeTimeoutMs: number;
+  maxHandshakes: number;
+  log: Logger;
+  /** Asked for every new TCP connection before any TLS work; a reason to refuse, or undefined. */
+  refuse(remote: string): string | undefined;
+  /** A completed handshake, certificate or not: the caller decides. */
+  onSecure(socket: TLSSocket, remote: string): void;
+}
+
+// Large enough that a burst of connections is queued by the kernel, not dropped.
+const LISTEN_BACKLOG = 4096;
+
+/**
+ * Accepts TCP connections and runs their TLS handshakes. Connections over a limit are closed
+ * before the handshake costs anything; each handshake has a deadline, so a silent or slow client
+ * holds one slot for a bounded time and never delays anyone else.
+ */
+export class Listener {
+  private readonly tcp: NetServer;
+  private readonly tls: TlsServer;
+  private handshakes = 0;
+
+  constructor(private readonly options: ListenerOptions) {
+    this.tls = createTlsServer({
+      ...options.credentials,
+      requestCert: true,
+      // Identity is the fingerprint: self-signed certificates are the norm, no CA is consulted.
+      rejectUnauthorized: false,
+      handshakeTimeout: options.handshakeTimeoutMs,
+    });
+    this.tls.on('secureConnection', (socket: TLSSocket) => {
+      this.handshakes--;
+      options.onSecure(socket, remoteOf(socket));
+    });
+    this.tls.on('tlsClientError', (error: Error, socket: TLSSocket) => {
+      this.handshakes--;
+      options.log.info(`${remoteOf(socket)}: TLS handshake failed: ${reason(error)}`);
+    });
+    // allowHalfOpen: a peer that ends its side still gets the child's whole reply.
+    this.tcp = createNetServer({ allowHalfOpen: true, noDelay: true }, (socket) => this.accept(socket));
+    // Accept errors (EMFILE when descriptors run out) end nothing but that accept.
+    this.tcp.on('error', (error) => options.log.error(`Cannot accept a connection: ${reason(error)}`));
+  }
+
+  get pendingHandshakes(): number {
+    return this.handshakes;
+  }
+
+  /** Resolves with the bound address, or rejects with a one-line reason (port in use, bad address). */
+  listen(): Promise<AddressInfo> {
+    const { host, port } = this.options;
+    return new Promise((resolve, reject) => {
+      const failed = (error: Error): void => reject(new Error(`Cannot listen on ${host}, port ${port}: ${reason(error)}`));
+      this.tcp.once('error', failed);
+      this.tcp.listen({ host, port, backlog: LISTEN_BACKLOG }, () => {
+        this.tcp.off('error', failed);
+        resolve(this.tcp.address() as AddressInfo);
+      });
+    });
+  }
+
+  /** New credentials for connections accepted from now on. */
+  setCredentials(credentials: SecureContextOptions): void {
+    this.tls.setSecureContext(credentials);
+  }
+
+  close(): void {
+    this.tcp.close();
+  }
+
+  private accept(socket: Socket): void {
+    const remote = formatAddress(socket.remoteAddress, socket.remotePort);
+    const refusal =
+      this.handshakes >= this.options.maxHandshakes
+        ? `too many handshakes in progress (${this.options.maxHandshakes})`
+        : this.options.refuse(remote);
+    if (refusal) {
+      this.options.log.warning(`${remote}: connection refused: ${refusal}`);
+      socket.destroy();
+      return;
+    }
+    this.handshakes++;
+    this.tls.emit('connection', socket);
+  }
+}
+
+export function formatAddress(address: string | undefined, port: number | undefined): string {
+  if (address === undefined) return 'unknown peer';
+  return address.includes(':') ? `[${address}]:${port}` : `${address}:${port}`;
+}
+
+function remoteOf(socket: TLSSocket): string {
+  return formatAddress(socket.remoteAddress, socket.remotePort);
+}

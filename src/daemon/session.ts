@@ -1,0 +1,163 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import type { TLSSocket } from 'node:tls';
+import type { Logger } from '../logger.js';
+import { reason } from '../reason.js';
+
+export interface SessionOptions {
+  command: string;
+  args: readonly string[];
+  env: NodeJS.ProcessEnv;
+  /** Sent to the child when its connection ends (-s); none by default: EOF on stdin says it. */
+  endSignal: NodeJS.Signals | undefined;
+  log: Logger;
+  /** Names the peer in log lines, e.g. `127.0.0.1:40312`. */
+  label: string;
+}
+
+/**
+ * After our side has finished (child gone, close_notify sent) the peer gets this long to close its
+ * side. Closing at once could reset the connection and make the peer's kernel drop our last bytes.
+ */
+const LINGER_MS = 10_000;
+/** During shutdown nobody waits that long: a moment for the peer's FIN, then close. */
+const SHUTDOWN_LINGER_MS = 1_000;
+
+/**
+ * One peer: the decrypted stream wired to one child's stdin and stdout. Each direction ends on its
+ * own (half-close), and nothing the child wrote is lost because the peer stopped sending, or the
+ * other way round. `done` settles once both the connection and the child are gone.
+ */
+export class Session {
+  readonly done: Promise<void>;
+  private child: ChildProcess | undefined;
+  private childRunning = false;
+  private socketClosed = false;
+  private childGone = false;
+  private outputFlushed = false;
+  private lingerMs = LINGER_MS;
+  private settle: () => void = () => {};
+
+  constructor(
+    private readonly socket: TLSSocket,
+    private readonly options: SessionOptions,
+  ) {
+    this.done = new Promise((resolve) => (this.settle = resolve));
+  }
+
+  get pid(): number | undefined {
+    return this.child?.pid;
+  }
+
+  start(): void {
+    const { socket, options } = this;
+    socket.on('error', (error) => {
+      if (!this.socketClosed) options.log.info(`${options.label}: connection error: ${reason(error)}`);
+    });
+    socket.on('close', () => this.onSocketClosed());
+    socket.on('finish', () => {
+      this.outputFlushed = true;
+      this.lingerIfDone();
+    });
+
+    let child: ChildProcess;
+    try {
+      child = spawn(options.command, options.args, { stdio: ['pipe', 'pipe', 'inherit'], env: options.env });
+    } catch (error) {
+      this.onSpawnFailed(error);
+      return;
+    }
+    this.child = child;
+    child.on('error', (error) => (child.pid === undefined ? this.onSpawnFailed(error) : options.log.warning(`${options.label}: child ${child.pid}: ${reason(error)}`)));
+    if (child.pid === undefined) return; // spawn failed; 'error' follows
+    this.childRunning = true;
+    options.log.info(`${options.label}: started child ${child.pid}`);
+
+    const stdin = child.stdin!;
+    const stdout = child.stdout!;
+    // A child that exits without reading its input must not cost the peer the output it made:
+    // from then on the peer's data is read and dropped.
+    stdin.on('error', () => this.discardInput());
+    socket.pipe(stdin);
+    stdout.pipe(socket);
+    child.on('exit', (code, signal) => {
+      this.childRunning = false;
+      options.log.info(`${options.label}: child ${child.pid} ${describeExit(code, signal)}`);
+    });
+    child.on('close', () => this.onChildGone());
+  }
+
+  /** Shutdown: the child sees EOF (and the -s signal); its output still reaches the peer. */
+  end(): void {
+    this.lingerMs = SHUTDOWN_LINGER_MS;
+    this.endChildInput();
+    this.signalChild();
+  }
+
+  /** Second shutdown signal: no more waiting. */
+  kill(): void {
+    if (this.childRunning) this.child?.kill('SIGKILL');
+    this.socket.destroy();
+  }
+
+  private onSpawnFailed(error: unknown): void {
+    const { options } = this;
+    options.log.error(`${options.label}: cannot run ${JSON.stringify(options.command)}: ${reason(error)}`);
+    this.socket.unpipe();
+    this.discardInput();
+    this.socket.end();
+    this.onChildGone();
+  }
+
+  private onSocketClosed(): void {
+    this.socketClosed = true;
+    const stdout = this.child?.stdout;
+    if (stdout) {
+      // The peer is gone: keep draining so that the child never blocks on a full pipe.
+      stdout.unpipe(this.socket);
+      stdout.resume();
+    }
+    this.endChildInput();
+    this.signalChild();
+    this.finishIfDone();
+  }
+
+  private onChildGone(): void {
+    if (this.childGone) return;
+    this.childGone = true;
+    this.lingerIfDone();
+    this.finishIfDone();
+  }
+
+  private endChildInput(): void {
+    const stdin = this.child?.stdin;
+    if (stdin && !stdin.writableEnded && !stdin.destroyed) {
+      this.socket.unpipe(stdin);
+      stdin.end();
+    }
+  }
+
+  private signalChild(): void {
+    const signal = this.options.endSignal;
+    if (signal && this.childRunning) this.child?.kill(signal);
+  }
+
+  private discardInput(): void {
+    const stdin = this.child?.stdin;
+    if (stdin) this.socket.unpipe(stdin);
+    this.socket.resume();
+  }
+
+  /** Our side is over (child gone, output flushed, close_notify sent): the peer has a while to close. */
+  private lingerIfDone(): void {
+    if (this.socketClosed || !this.childGone || !this.outputFlushed) return;
+    setTimeout(() => this.socket.destroy(), this.lingerMs).unref();
+  }
+
+  private finishIfDone(): void {
+    if (this.socketClosed && this.childGone) this.settle();
+  }
+}
+
+export function describeExit(code: number | null, signal: NodeJS.Signals | null): string {
+  return signal ? `killed by signal ${signal}` : `exited with status ${code}`;
+}

@@ -1,0 +1,75 @@
+import { UnixDatagramSender } from './os/datagram.js';
+
+export type Severity = 'error' | 'warning' | 'notice' | 'info';
+
+const severityCode: Record<Severity, number> = { error: 3, warning: 4, notice: 5, info: 6 };
+const LOG_DAEMON = 3 << 3;
+const months = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'];
+
+export interface LoggerOptions {
+  /** The syslog identifier, also the prefix of stderr lines. */
+  ident: string;
+  /** Print every message to stderr as `ident: message`, as syslog's LOG_PERROR does. */
+  stderr: boolean;
+  /** The syslog socket; `/dev/log` unless a test or a container points elsewhere. */
+  syslogPath?: string;
+}
+
+/**
+ * Logs to syslog over a non-blocking datagram socket, and to stderr with -e or whenever syslog
+ * cannot take the message (no /dev/log, nobody reading it), so that no message is lost silently.
+ */
+export class Logger {
+  private readonly syslog: UnixDatagramSender;
+  private readonly ident: string;
+  private readonly alwaysStderr: boolean;
+
+  constructor(options: LoggerOptions) {
+    this.ident = options.ident;
+    this.alwaysStderr = options.stderr;
+    this.syslog = new UnixDatagramSender(options.syslogPath ?? '/dev/log');
+  }
+
+  error(message: string): void {
+    this.log('error', message);
+  }
+  warning(message: string): void {
+    this.log('warning', message);
+  }
+  notice(message: string): void {
+    this.log('notice', message);
+  }
+  info(message: string): void {
+    this.log('info', message);
+  }
+
+  /** An error the user must see even without -e, such as a failure to start. */
+  errorToStderr(message: string): void {
+    this.log('error', message, true);
+  }
+
+  log(severity: Severity, message: string, stderr = this.alwaysStderr): void {
+    const line = message.replace(/[\r\n]+/g, ' ');
+    const failed = this.syslog.send(Buffer.from(this.syslogRecord(severity, line)));
+    if (stderr || failed !== undefined) process.stderr.write(`${this.ident}: ${line}\n`);
+  }
+
+  close(): void {
+    this.syslog.close();
+  }
+
+  // The local syslog format glibc's syslog(3) writes to /dev/log.
+  private syslogRecord(severity: Severity, message: string): string {
+    const now = new Date();
+    const day = String(now.getDate()).padStart(2, ' ');
+    const time = [now.getHours(), now.getMinutes(), now.getSeconds()].map((n) => String(n).padStart(2, '0')).join(':');
+    const priority = LOG_DAEMON | severityCode[severity];
+    return `<${priority}>${months[now.getMonth()]} ${day} ${time} ${this.ident}[${process.pid}]: ${message}`;
+  }
+}
+
+/** Shows untrusted text (stdin lines, peer data) in a log line: quoted, escaped and cut short. */
+export function quote(text: string, max = 80): string {
+  const cut = text.length > max ? `${text.slice(0, max)}…` : text;
+  return JSON.stringify(cut);
+}

@@ -1,0 +1,39 @@
+import { constants } from 'node:os';
+import PosixSocket from 'posix-socket';
+
+// Linux values; posix-socket does not export them. CLOEXEC keeps the socket out of children,
+// NONBLOCK (with MSG_DONTWAIT) keeps a stuck reader from ever blocking the event loop.
+const SOCK_NONBLOCK = 0o4000;
+const SOCK_CLOEXEC = 0o2000000;
+
+const errnoNames = new Map<number, string>(
+  Object.entries(constants.errno as Record<string, number>).map(([name, value]) => [value, name]),
+);
+
+/** An unbound unix datagram socket that sends to one path and never blocks. */
+export class UnixDatagramSender {
+  private fd: number | undefined;
+
+  constructor(readonly path: string) {}
+
+  /** Sends one datagram; returns the error code ('ENOENT', 'EAGAIN', ...) rather than throwing. */
+  send(message: Buffer): string | undefined {
+    try {
+      this.fd ??= PosixSocket.socket(PosixSocket.AF_UNIX, PosixSocket.SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+      const bytes = message.buffer.slice(message.byteOffset, message.byteOffset + message.length) as ArrayBuffer;
+      PosixSocket.sendto(this.fd, bytes, message.length, PosixSocket.MSG_DONTWAIT | PosixSocket.MSG_NOSIGNAL, {
+        sun_family: PosixSocket.AF_UNIX,
+        sun_path: this.path,
+      });
+      return undefined;
+    } catch (error) {
+      const errno = (error as { errno?: unknown }).errno;
+      return (typeof errno === 'number' && errnoNames.get(errno)) || String(error);
+    }
+  }
+
+  close(): void {
+    if (this.fd !== undefined) PosixSocket.close(this.fd);
+    this.fd = undefined;
+  }
+}

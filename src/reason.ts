@@ -1,0 +1,13 @@
+/**
+ * One short line for an error, for logs and start-up failures: the system's message with the
+ * errno code (`no such file or directory (ENOENT)`), never a stack trace.
+ */
+export function reason(error: unknown): string {
+  if (!(error instanceof Error)) return String(error);
+  const code = (error as NodeJS.ErrnoException).code;
+  const message = error.message
+    .replace(/^[A-Z0-9_]+: /, '') // "ENOENT: no such file..." → "no such file..."
+    .replace(/, (open|read|write|connect|spawn|scandir|mkdir|stat|lstat) .*$/, '') // the path is in our own text
+    .replace(/^error:[0-9A-F]+:[^:]*:[^:]*:/, ''); // OpenSSL's "error:0480006C:PEM routines::" prefix
+  return code && !message.includes(code) ? `${message} (${code})` : message;
+}
