@@ -1,0 +1,73 @@
+import { Readable } from 'node:stream';
+import t from 'tap';
+import { parseDialLine } from '../src/daemon/dial-line.js';
+import { fingerprint } from '../src/daemon/fingerprint.js';
+import { readLines, type InputLine } from '../src/daemon/line-reader.js';
+import { PeerTable } from '../src/daemon/peer-table.js';
+import { parseSignal } from '../src/daemon/signal-name.js';
+import { reason } from '../src/reason.js';
+
+t.test('dial lines', async (t) => {
+  t.same(parseDialLine('localhost 5600'), { target: { host: 'localhost', port: 5600 } });
+  t.same(parseDialLine('  example.com.\t443 '), { target: { host: 'example.com.', port: 443 } });
+  t.same(parseDialLine('::1 5600'), { target: { host: '::1', port: 5600 } });
+  t.same(parseDialLine('[2001:db8::1] 80'), { target: { host: '2001:db8::1', port: 80 } });
+  t.same(parseDialLine('10.0.0.1 1'), { target: { host: '10.0.0.1', port: 1 } });
+  t.same(parseDialLine('abc.onion 18765'), { target: { host: 'abc.onion', port: 18765 } });
+  t.same(parseDialLine(''), { blank: true });
+  t.same(parseDialLine('   '), { blank: true });
+  for (const bad of ['localhost', 'a b c', 'host 0', 'host 65536', 'host http', 'ho$t 80', '-x 80', 'a..b 80', '[::1 80']) {
+    t.ok('error' in parseDialLine(bad), `${JSON.stringify(bad)} is an error`);
+  }
+});
+
+t.test('signals by number or name', async (t) => {
+  t.equal(parseSignal('15'), 'SIGTERM');
+  t.equal(parseSignal('TERM'), 'SIGTERM');
+  t.equal(parseSignal('SIGHUP'), 'SIGHUP');
+  t.equal(parseSignal('usr1'), 'SIGUSR1');
+  t.equal(parseSignal('9'), 'SIGKILL');
+  t.equal(parseSignal('FOO'), undefined);
+  t.equal(parseSignal('999'), undefined);
+  t.equal(parseSignal(''), undefined);
+});
+
+t.test('fingerprint is lowercase hex SHA-256 of the DER', async (t) => {
+  t.equal(fingerprint(Buffer.from('abc')), 'ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad');
+});
+
+async function lines(chunks: string[], max: number): Promise<InputLine[]> {
+  const out: InputLine[] = [];
+  for await (const line of readLines(Readable.from(chunks.map((c) => Buffer.from(c))), max)) out.push(line);
+  return out;
+}
+
+t.test('line reader splits across chunks and reports over-long lines', async (t) => {
+  t.same(await lines(['a 1\nb', ' 2\r\n', 'c 3'], 100), [{ line: 'a 1' }, { line: 'b 2' }, { line: 'c 3' }]);
+  t.same(await lines(['x'.repeat(30), 'y'.repeat(30), '\nok 1\n'], 50), [{ tooLong: 60 }, { line: 'ok 1' }]);
+  t.same(await lines(['short\n', 'z'.repeat(200)], 50), [{ line: 'short' }, { tooLong: 200 }]);
+  t.same(await lines(['\n\n'], 10), [{ line: '' }, { line: '' }]);
+});
+
+t.test('peer table: refuses at the limit, queued waiters get freed slots in order', async (t) => {
+  const table = new PeerTable(2);
+  t.ok(table.tryAcquire());
+  t.ok(table.tryAcquire());
+  t.notOk(table.tryAcquire());
+  const order: string[] = [];
+  const first = table.acquire().then((ok) => order.push(`first ${ok}`));
+  const second = table.acquire().then((ok) => order.push(`second ${ok}`));
+  table.release();
+  await first;
+  t.same(order, ['first true']);
+  t.equal(table.size, 2, 'the slot passed to the waiter');
+  table.close();
+  await second;
+  t.same(order, ['first true', 'second false']);
+});
+
+t.test('reason gives one short line', async (t) => {
+  const error = Object.assign(new Error("ENOENT: no such file or directory, open '/x'"), { code: 'ENOENT' });
+  t.equal(reason(error), 'no such file or directory (ENOENT)');
+  t.equal(reason('plain'), 'plain');
+});
