@@ -54,6 +54,9 @@ const cli = program.opts<CliOptions>();
 const [command, args] = program.processedArgs as [string, string[]];
 const log = new Logger({ ident: cli.ident, stderr: cli.stderr === true, syslogPath: process.env.TLSD_SYSLOG_SOCKET });
 
+// A bug must still end in one log line and a status systemd can act on, never a stack trace.
+process.on('uncaughtException', (error) => fail(log, `internal error: ${reason(error)}`));
+
 try {
   const daemon = await Daemon.start({
     keyFile: cli.key,

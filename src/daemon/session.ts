@@ -44,10 +44,6 @@ export class Session {
     this.done = new Promise((resolve) => (this.settle = resolve));
   }
 
-  get pid(): number | undefined {
-    return this.child?.pid;
-  }
-
   start(): void {
     const { socket, options } = this;
     socket.on('error', (error) => {
