@@ -1,5 +1,6 @@
 import { Command, InvalidArgumentError } from 'commander';
-import type { Logger } from '../logger.js';
+import { Logger } from '../logger.js';
+import { reason } from '../reason.js';
 import { version } from '../version.js';
 
 /**
@@ -33,4 +34,23 @@ export function integerIn(min: number, max: number): (value: string) => number {
 export function fail(log: Logger, message: string): never {
   log.errorToStderr(message);
   process.exit(1);
+}
+
+/** The logging options every program has: -i (syslog identifier) and -e (stderr too). */
+export function logOptions(program: Command, ident: string): Command {
+  return program
+    .option('-i, --ident <ident>', 'syslog identifier', ident)
+    .option('-e, --stderr', 'print messages to stderr as well as to syslog');
+}
+
+export interface LogChoices {
+  ident: string;
+  stderr?: boolean;
+}
+
+/** The program's logger; from here on an unexpected exception is one log line and exit 1. */
+export function startLogging(choices: LogChoices): Logger {
+  const log = new Logger({ ident: choices.ident, stderr: choices.stderr === true, syslogPath: process.env.TLSD_SYSLOG_SOCKET });
+  process.on('uncaughtException', (error) => fail(log, `internal error: ${reason(error)}`));
+  return log;
 }

@@ -2,26 +2,26 @@ import { InvalidArgumentError } from 'commander';
 import { Daemon } from '../daemon/daemon.js';
 import { handleSignals } from '../daemon/signals.js';
 import { parseSignal } from '../daemon/signal-name.js';
-import { Logger } from '../logger.js';
 import { reason } from '../reason.js';
-import { createProgram, fail, integerIn } from './program.js';
+import { createProgram, fail, integerIn, logOptions, startLogging, type LogChoices } from './program.js';
 
-const program = createProgram(
+const program = logOptions(
+  createProgram(
+    'tlsd',
+    '[option ...] [--] <command> [argument ...]',
+    'A TLS super-server: accepts TLS connections (and opens them to "host port" lines read on stdin), ' +
+      "runs <command> once per peer with SHA256 (the peer certificate's fingerprint) and SIDE in its " +
+      "environment, and connects the child's stdin and stdout to the peer.",
+  )
+    .option('-k, --key <keyfile>', 'private key file', '/etc/tls/key.pem')
+    .option('-c, --cert <certfile>', 'certificate file', '/etc/tls/cert.pem')
+    .option('-p, --port <port>', 'port to listen on (default: a random one)', integerIn(0, 65535))
+    .option('-b, --bind <host>', 'bind address (IPv4 or IPv6)', '0.0.0.0')
+    .option('-s, --signal <signo>', 'signal (number or name) to send a child when its connection ends', signalOption)
+    .option('-n, --no-require-cert', 'do not require a peer certificate (SHA256 is then unset)')
+    .option('-d, --cert-dir <directory>', 'write peer certificates (DER) into this directory'),
   'tlsd',
-  '[option ...] [--] <command> [argument ...]',
-  'A TLS super-server: accepts TLS connections (and opens them to "host port" lines read on stdin), ' +
-    "runs <command> once per peer with SHA256 (the peer certificate's fingerprint) and SIDE in its " +
-    "environment, and connects the child's stdin and stdout to the peer.",
 )
-  .option('-k, --key <keyfile>', 'private key file', '/etc/tls/key.pem')
-  .option('-c, --cert <certfile>', 'certificate file', '/etc/tls/cert.pem')
-  .option('-p, --port <port>', 'port to listen on (default: a random one)', integerIn(0, 65535))
-  .option('-b, --bind <host>', 'bind address (IPv4 or IPv6)', '0.0.0.0')
-  .option('-s, --signal <signo>', 'signal (number or name) to send a child when its connection ends', signalOption)
-  .option('-n, --no-require-cert', 'do not require a peer certificate (SHA256 is then unset)')
-  .option('-d, --cert-dir <directory>', 'write peer certificates (DER) into this directory')
-  .option('-i, --ident <ident>', 'syslog identifier', 'tlsd')
-  .option('-e, --stderr', 'print messages to stderr as well as to syslog')
   .option('--max-peers <n>', 'most peers at once; more are refused, stdin lines wait', integerIn(1, 1_000_000), 64)
   .option('--max-handshakes <n>', 'most TLS handshakes in progress at once', integerIn(1, 1_000_000), 256)
   .option('--handshake-timeout <seconds>', 'seconds a TLS handshake may take', integerIn(1, 3600), 10)
@@ -34,7 +34,7 @@ function signalOption(value: string): NodeJS.Signals {
   return signal;
 }
 
-interface CliOptions {
+interface CliOptions extends LogChoices {
   key: string;
   cert: string;
   port?: number;
@@ -42,8 +42,6 @@ interface CliOptions {
   signal?: NodeJS.Signals;
   requireCert: boolean;
   certDir?: string;
-  ident: string;
-  stderr?: boolean;
   maxPeers: number;
   maxHandshakes: number;
   handshakeTimeout: number;
@@ -52,10 +50,8 @@ interface CliOptions {
 program.parse();
 const cli = program.opts<CliOptions>();
 const [command, args] = program.processedArgs as [string, string[]];
-const log = new Logger({ ident: cli.ident, stderr: cli.stderr === true, syslogPath: process.env.TLSD_SYSLOG_SOCKET });
-
 // A bug must still end in one log line and a status systemd can act on, never a stack trace.
-process.on('uncaughtException', (error) => fail(log, `internal error: ${reason(error)}`));
+const log = startLogging(cli);
 
 try {
   const daemon = await Daemon.start({

@@ -1,0 +1,2 @@
+#!/usr/bin/env node
+import '../dist/cli/std2fifo.js';
