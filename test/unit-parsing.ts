@@ -21,6 +21,17 @@ t.test('dial lines', async (t) => {
   }
 });
 
+t.test('dial lines with a fingerprint pin', async (t) => {
+  const hex = 'ab'.repeat(32);
+  t.same(parseDialLine(`localhost 5600 ${hex}`), { target: { host: 'localhost', port: 5600, pin: hex } });
+  const openssl = hex.toUpperCase().match(/../g)!.join(':');
+  t.same(parseDialLine(`::1 5600 ${openssl}`), { target: { host: '::1', port: 5600, pin: hex } });
+  t.same(parseDialLine(`::1 5600 SHA256:${hex}`), { target: { host: '::1', port: 5600, pin: hex } });
+  for (const bad of [`h 1 ${hex.slice(1)}`, `h 1 ${hex}0`, `h 1 ${'g'.repeat(64)}`, `h 1 ${hex} extra`]) {
+    t.ok('error' in parseDialLine(bad), `${JSON.stringify(bad)} is an error`);
+  }
+});
+
 t.test('signals by number or name', async (t) => {
   t.equal(parseSignal('15'), 'SIGTERM');
   t.equal(parseSignal('TERM'), 'SIGTERM');

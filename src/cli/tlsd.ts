@@ -1,5 +1,6 @@
 import { InvalidArgumentError } from 'commander';
 import { Daemon } from '../daemon/daemon.js';
+import { chooseIdentity } from '../daemon/default-identity.js';
 import { handleSignals } from '../daemon/signals.js';
 import { parseSignal } from '../daemon/signal-name.js';
 import { reason } from '../reason.js';
@@ -13,8 +14,8 @@ const program = logOptions(
       "runs <command> once per peer with SHA256 (the peer certificate's fingerprint) and SIDE in its " +
       "environment, and connects the child's stdin and stdout to the peer.",
   )
-    .option('-k, --key <keyfile>', 'private key file', '/etc/tls/key.pem')
-    .option('-c, --cert <certfile>', 'certificate file', '/etc/tls/cert.pem')
+    .option('-k, --key <keyfile>', 'private key file (default: /etc/tls/key.pem, else one made in ~/.config/tlsd)')
+    .option('-c, --cert <certfile>', 'certificate file (default: /etc/tls/cert.pem, else one made in ~/.config/tlsd)')
     .option('-p, --port <port>', 'port to listen on (default: a random one)', integerIn(0, 65535))
     .option('-b, --bind <host>', 'bind address (IPv4 or IPv6)', '0.0.0.0')
     .option('-s, --signal <signo>', 'signal (number or name) to send a child when its connection ends', signalOption)
@@ -22,6 +23,8 @@ const program = logOptions(
     .option('-d, --cert-dir <directory>', 'write peer certificates (DER) into this directory'),
   'tlsd',
 )
+  .option('--aliases <file>', 'serve only the peers listed in this fp2alias file, with ALIAS set')
+  .option('--ca <file>', 'verify peer certificates against this CA bundle (and server names when dialing)')
   .option('--max-peers <n>', 'most peers at once; more are refused, stdin lines wait', integerIn(1, 1_000_000), 64)
   .option('--max-handshakes <n>', 'most TLS handshakes in progress at once', integerIn(1, 1_000_000), 256)
   .option('--handshake-timeout <seconds>', 'seconds a TLS handshake may take', integerIn(1, 3600), 10)
@@ -35,13 +38,15 @@ function signalOption(value: string): NodeJS.Signals {
 }
 
 interface CliOptions extends LogChoices {
-  key: string;
-  cert: string;
+  key?: string;
+  cert?: string;
   port?: number;
   bind: string;
   signal?: NodeJS.Signals;
   requireCert: boolean;
   certDir?: string;
+  aliases?: string;
+  ca?: string;
   maxPeers: number;
   maxHandshakes: number;
   handshakeTimeout: number;
@@ -54,9 +59,11 @@ const [command, args] = program.processedArgs as [string, string[]];
 const log = startLogging(cli);
 
 try {
+  const identity = await chooseIdentity({ keyFile: cli.key, certFile: cli.cert }, process.env);
+  if (identity.created) log.info(`Created a new identity: ${identity.keyFile} and ${identity.certFile}`);
   const daemon = await Daemon.start({
-    keyFile: cli.key,
-    certFile: cli.cert,
+    keyFile: identity.keyFile,
+    certFile: identity.certFile,
     host: cli.bind,
     port: cli.port ?? 0,
     command,
@@ -64,6 +71,8 @@ try {
     endSignal: cli.signal,
     requireCert: cli.requireCert,
     certDir: cli.certDir,
+    caFile: cli.ca,
+    aliasesFile: cli.aliases,
     maxPeers: cli.maxPeers,
     maxHandshakes: cli.maxHandshakes,
     handshakeTimeoutMs: cli.handshakeTimeout * 1000,

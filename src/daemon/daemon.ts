@@ -1,14 +1,17 @@
+import { isIP, type AddressInfo } from 'node:net';
 import type { Readable } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
 import { quote, type Logger } from '../logger.js';
 import { reason } from '../reason.js';
+import { AliasBook } from './alias-book.js';
 import { saveCertificate } from './cert-dir.js';
+import { childEnvironment, type Side } from './child-env.js';
 import { parseDialLine, type DialTarget } from './dial-line.js';
 import { dial } from './dialer.js';
-import { fingerprint } from './fingerprint.js';
 import { loadIdentity, type Identity } from './identity.js';
 import { readLines } from './line-reader.js';
 import { formatAddress, Listener } from './listener.js';
+import { checkPeer, type Expectation, type TrustPolicy } from './peer-check.js';
 import { PeerTable } from './peer-table.js';
 import { Session } from './session.js';
 
@@ -25,6 +28,10 @@ export interface DaemonOptions {
   requireCert: boolean;
   /** -d: where peer certificates are kept. */
   certDir: string | undefined;
+  /** --ca: verify peers against this CA bundle. */
+  caFile: string | undefined;
+  /** --aliases: serve only the peers listed in this fp2alias file. */
+  aliasesFile: string | undefined;
   maxPeers: number;
   maxHandshakes: number;
   handshakeTimeoutMs: number;
@@ -33,23 +40,26 @@ export interface DaemonOptions {
   log: Logger;
 }
 
-export type Side = 'SERVER' | 'CLIENT';
-
 /** Longer stdin lines are reported and skipped: a host name and a port never need this much. */
 const MAX_LINE_BYTES = 4096;
+/** How long a refused peer has to read our close_notify before the socket is destroyed. */
+const REFUSED_LINGER_MS = 2_000;
 
 /** The tlsd core: listens, dials, and runs one session per peer within the limits. */
 export class Daemon {
   private readonly sessions = new Set<Session>();
   private readonly peers: PeerTable;
   private readonly listener: Listener;
+  private readonly trust: TrustPolicy;
   private stopping = false;
   private reloading: Promise<void> = Promise.resolve();
 
   private constructor(
     private readonly options: DaemonOptions,
     private identity: Identity,
+    aliases: AliasBook | undefined,
   ) {
+    this.trust = { requireCert: options.requireCert, verifyChain: options.caFile !== undefined, aliases };
     this.peers = new PeerTable(options.maxPeers);
     this.listener = new Listener({
       host: options.host,
@@ -60,7 +70,7 @@ export class Daemon {
       log: options.log,
       refuse: () => this.refusal(),
       onSecure: (socket, remote) => {
-        if (this.refusal() === undefined && this.peers.tryAcquire()) void this.serve(socket, 'SERVER', remote);
+        if (this.refusal() === undefined && this.peers.tryAcquire()) void this.serve(socket, 'SERVER', remote, {});
         else this.turnAway(socket, remote, this.refusal() ?? 'peer limit reached');
       },
     });
@@ -68,11 +78,19 @@ export class Daemon {
 
   /** Loads the identity and starts listening; rejects with a one-line reason. */
   static async start(options: DaemonOptions): Promise<Daemon> {
-    const identity = await loadIdentity(options.keyFile, options.certFile);
-    const daemon = new Daemon(options, identity);
-    const address = await daemon.listener.listen();
+    const identity = await loadIdentity(options);
+    const aliases = options.aliasesFile === undefined ? undefined : AliasBook.open(options.aliasesFile, options.log);
+    const daemon = new Daemon(options, identity, aliases);
+    let address: AddressInfo;
+    try {
+      address = await daemon.listener.listen();
+    } catch (error) {
+      aliases?.close();
+      throw error;
+    }
     options.log.notice(`Listening on ${address.address}, port ${address.port}`);
     options.log.info(`Our certificate's SHA256: ${identity.fingerprint}`);
+    if (aliases) options.log.info(`Serving the ${aliases.size} peers listed in ${aliases.file}`);
     if (options.dialInput) void daemon.readDialLines(options.dialInput);
     return daemon;
   }
@@ -81,12 +99,13 @@ export class Daemon {
     return this.peers.size;
   }
 
-  /** SIGHUP: new key and certificate for new connections; on failure the old ones stay. */
+  /** SIGHUP: new key, certificate (and aliases) for new connections; on failure the old ones stay. */
   reload(): Promise<void> {
     this.reloading = this.reloading.then(async () => {
-      const { keyFile, certFile, log } = this.options;
+      const { log } = this.options;
+      this.trust.aliases?.reload();
       try {
-        this.identity = await loadIdentity(keyFile, certFile);
+        this.identity = await loadIdentity(this.options);
         this.listener.setCredentials(this.identity.options);
         log.notice(`Reloaded key and certificate, SHA256 ${this.identity.fingerprint}`);
       } catch (error) {
@@ -104,6 +123,7 @@ export class Daemon {
     this.stopping = true;
     this.listener.close();
     this.options.dialInput?.destroy();
+    this.trust.aliases?.close();
     this.peers.close();
     const count = this.sessions.size;
     this.options.log.notice(count > 0 ? `Shutting down, waiting for ${count} child${count === 1 ? '' : 'ren'}` : 'Shutting down');
@@ -164,23 +184,24 @@ export class Daemon {
       this.peers.release();
       return;
     }
-    await this.serve(socket, 'CLIENT', label);
+    await this.serve(socket, 'CLIENT', label, { pin: target.pin, host: target.host });
   }
 
   /** A connection that holds a peer slot, from handshake to the end of its child. */
-  private async serve(socket: TLSSocket, side: Side, remote: string): Promise<void> {
+  private async serve(socket: TLSSocket, side: Side, remote: string, expectation: Expectation): Promise<void> {
     const { options } = this;
     const { log } = options;
     socket.on('error', () => {}); // until the session takes over; it logs errors itself
-    const certificate = socket.getPeerX509Certificate();
-    if (!certificate && options.requireCert) {
-      log.warning(`${remote}: no certificate presented, connection closed`);
-      socket.destroy();
+    const verdict = checkPeer(socket, this.trust, expectation);
+    if ('refused' in verdict) {
+      log.warning(`${remote}: ${verdict.refused}, connection closed`);
+      closeGently(socket);
       this.peers.release();
       return;
     }
-    const sha256 = certificate ? fingerprint(certificate.raw) : undefined;
-    log.info(`${remote}: connected as ${side}, peer SHA256 ${sha256 ?? '(none)'}`);
+    const peer = verdict.accepted;
+    const { certificate, sha256 } = peer;
+    log.info(`${remote}: connected as ${side}, peer SHA256 ${sha256 ?? '(none)'}${peer.alias === undefined ? '' : ` (${peer.alias})`}`);
     if (options.certDir && certificate && sha256) {
       const failure = await saveCertificate(options.certDir, sha256, certificate.raw);
       if (failure) log.warning(`${remote}: cannot save the certificate in ${options.certDir}: ${reason(failure)}`);
@@ -190,10 +211,8 @@ export class Daemon {
       this.peers.release();
       return;
     }
-    const env: NodeJS.ProcessEnv = { ...process.env, SIDE: side };
-    // With -n and no certificate, a SHA256 inherited from our own environment would lie.
-    if (sha256) env.SHA256 = sha256;
-    else delete env.SHA256;
+    const serverName = side === 'SERVER' ? serverNameOf(socket) : expectation.host && isIP(expectation.host) === 0 ? expectation.host.replace(/\.$/, '') : undefined;
+    const env = childEnvironment(process.env, socket, { side, peer, serverName });
     const session = new Session(socket, {
       command: options.command,
       args: options.args,
@@ -209,4 +228,17 @@ export class Daemon {
     this.peers.release();
     log.info(`${remote}: session ended`);
   }
+}
+
+/** The name a client asked for (SNI); the tls typings leave it out of TLSSocket. */
+function serverNameOf(socket: TLSSocket): string | undefined {
+  const name = (socket as TLSSocket & { servername?: string | false }).servername;
+  return typeof name === 'string' && name !== '' ? name : undefined;
+}
+
+/** A refused peer gets close_notify and a FIN, not a reset: its client reports a clean end. */
+function closeGently(socket: TLSSocket): void {
+  socket.resume(); // whatever it already sent is discarded, so the kernel has no reason to reset
+  socket.end();
+  setTimeout(() => socket.destroy(), REFUSED_LINGER_MS).unref();
 }

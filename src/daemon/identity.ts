@@ -20,25 +20,39 @@ export class IdentityError extends Error {}
  * TLS 1.2 is the floor; renegotiation is refused (it is a DoS vector and nothing here needs it).
  * Shared by every context so that a reload cannot quietly drop one of these settings.
  */
-function contextOptions(key: Buffer, cert: Buffer): SecureContextOptions {
+function contextOptions(key: Buffer, cert: Buffer, ca: Buffer | undefined): SecureContextOptions {
   return {
     key,
     cert,
+    // Only with --ca: then peers are verified against it instead of the system's roots.
+    ...(ca ? { ca } : {}),
     minVersion: 'TLSv1.2',
     secureOptions: cryptoConstants.SSL_OP_NO_RENEGOTIATION,
   };
 }
 
-/** Reads and checks key and certificate; any problem is one IdentityError naming the file. */
-export async function loadIdentity(keyFile: string, certFile: string): Promise<Identity> {
-  const [key, cert] = await Promise.all([readCredential(keyFile, 'key'), readCredential(certFile, 'certificate')]);
+export interface IdentityFiles {
+  keyFile: string;
+  certFile: string;
+  /** --ca: the bundle peers' certificates must chain to. */
+  caFile?: string;
+}
+
+/** Reads and checks key and certificate (and CA bundle); any problem is one IdentityError naming the file. */
+export async function loadIdentity({ keyFile, certFile, caFile }: IdentityFiles): Promise<Identity> {
+  const [key, cert, ca] = await Promise.all([
+    readCredential(keyFile, 'key'),
+    readCredential(certFile, 'certificate'),
+    caFile === undefined ? undefined : readCredential(caFile, 'CA'),
+  ]);
+  if (ca && caFile) checkBundle(ca, caFile);
   let leaf: X509Certificate;
   try {
     leaf = new X509Certificate(cert);
   } catch (error) {
     throw new IdentityError(`Cannot use certificate file ${certFile}: ${reason(error)}`);
   }
-  const options = contextOptions(key, cert);
+  const options = contextOptions(key, cert, ca);
   let context: SecureContext;
   try {
     context = createSecureContext(options);
@@ -57,5 +71,17 @@ async function readCredential(file: string, what: string): Promise<Buffer> {
     return await readFile(file);
   } catch (error) {
     throw new IdentityError(`Cannot read ${what} file ${file}: ${reason(error)}`);
+  }
+}
+
+// OpenSSL skips what is not a certificate in a bundle; an empty or garbled one would trust nobody.
+function checkBundle(ca: Buffer, caFile: string): void {
+  if (!/-----BEGIN CERTIFICATE-----/.test(ca.toString('latin1'))) {
+    throw new IdentityError(`Cannot use CA file ${caFile}: no PEM certificate in it`);
+  }
+  try {
+    createSecureContext({ ca });
+  } catch (error) {
+    throw new IdentityError(`Cannot use CA file ${caFile}: ${reason(error)}`);
   }
 }

@@ -1,5 +1,6 @@
 import { closeSync, fchmodSync, openSync, readFileSync, writeSync, constants } from 'node:fs';
 import lockfile from 'proper-lockfile';
+import type { Logger } from '../logger.js';
 
 /** A peer's identity as tlsd passes it: the lowercase hex SHA-256 of its certificate. */
 export const fingerprintPattern = /^[0-9a-f]{64}$/;
@@ -45,6 +46,12 @@ export function parseAliases(text: string): AliasTable {
     table.byFingerprint.set(fingerprint, alias);
     table.byAlias.set(alias, fingerprint);
   });
+  return table;
+}
+
+/** Logs each malformed line of `file` as a warning, and passes the table on. */
+export function logProblems(table: AliasTable, file: string, log: Logger): AliasTable {
+  for (const problem of table.problems) log.warning(`${file}, line ${problem.line}: ${problem.message}; line skipped`);
   return table;
 }
 

@@ -1,6 +1,6 @@
 import type { Logger } from '../logger.js';
 import { quote } from '../logger.js';
-import { aliasProblem, fingerprintPattern, readAliases, registerAlias, type AliasTable } from './alias-file.js';
+import { aliasProblem, fingerprintPattern, logProblems, readAliases, registerAlias } from './alias-file.js';
 import { readLineFromFd, writeAllToFd } from './fd-line.js';
 import { runCommand } from './run-command.js';
 
@@ -38,7 +38,7 @@ export async function fp2alias(options: Fp2aliasOptions): Promise<number> {
   if (fingerprint === undefined || fingerprint === '') throw new UsageError('SHA256 is not set: run fp2alias from tlsd, which sets it to the peer fingerprint');
   if (!fingerprintPattern.test(fingerprint)) throw new UsageError(`SHA256 is not 64 lowercase hex digits: ${quote(fingerprint)}`);
 
-  const table = report(readAliases(options.file), options.file, log);
+  const table = logProblems(readAliases(options.file), options.file, log);
   let alias = table.byFingerprint.get(fingerprint);
 
   if (alias === undefined) {
@@ -91,9 +91,4 @@ export async function fp2alias(options: Fp2aliasOptions): Promise<number> {
 
 /** A problem with how fp2alias was invoked (its environment), as opposed to with the peer. */
 export class UsageError extends Error {}
-
-function report(table: AliasTable, file: string, log: Logger): AliasTable {
-  for (const problem of table.problems) log.warning(`${file}, line ${problem.line}: ${problem.message}; line skipped`);
-  return table;
-}
 

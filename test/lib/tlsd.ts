@@ -23,7 +23,8 @@ export interface RunningTlsd {
 }
 
 export interface StartOptions {
-  identity: TestIdentity;
+  /** Passed as -k and -c; without one tlsd picks its default identity. */
+  identity?: TestIdentity;
   /** Extra options before the command. */
   options?: string[];
   command: string[];
@@ -36,7 +37,7 @@ export interface StartOptions {
 
 /** Runs the real bin/tlsd on loopback with -e and a random port, and kills it at teardown. */
 export async function startTlsd(t: Teardown, start: StartOptions): Promise<RunningTlsd> {
-  const args = [bin('tlsd'), '-e', '-b', '127.0.0.1', '-k', start.identity.key, '-c', start.identity.cert, ...(start.options ?? []), '--', ...start.command];
+  const args = [bin('tlsd'), '-e', '-b', '127.0.0.1', ...(start.identity ? ['-k', start.identity.key, '-c', start.identity.cert] : []), ...(start.options ?? []), '--', ...start.command];
   const spawnOptions: SpawnOptions = { stdio: [start.stdin ?? 'ignore', 'ignore', 'pipe'], env: { ...process.env, ...start.env } };
   const proc = spawn(process.execPath, args, spawnOptions);
   const running = watch(proc);

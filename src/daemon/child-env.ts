@@ -1,0 +1,73 @@
+import type { TLSSocket } from 'node:tls';
+import type { PeerIdentity } from './peer-check.js';
+
+export type Side = 'SERVER' | 'CLIENT';
+
+/**
+ * Every variable that describes a connection. None is ever inherited from tlsd's own environment:
+ * a value the connection does not give is absent, so a child never mistakes stale identity for
+ * its peer's. The ucspi-tcp and s6-tlsserver names let their scripts run under tlsd unchanged.
+ */
+const CONNECTION_VARIABLES = [
+  'SIDE',
+  'SHA256',
+  'ALIAS',
+  'PROTO',
+  'TCPREMOTEIP',
+  'TCPREMOTEPORT',
+  'TCPLOCALIP',
+  'TCPLOCALPORT',
+  'TCPREMOTEHOST',
+  'TCPREMOTEINFO',
+  'TCPLOCALHOST',
+  'SSL_PROTOCOL',
+  'SSL_CIPHER',
+  'SSL_TLS_SNI_SERVERNAME',
+  'SSL_PEER_CERT_HASH',
+  'SSL_PEER_CERT_SUBJECT',
+] as const;
+
+export interface ChildConnection {
+  side: Side;
+  peer: PeerIdentity;
+  /** The server name of the handshake: the one the client sent, or the one we sent. */
+  serverName: string | undefined;
+}
+
+/** The child's environment: tlsd's own, minus any connection variable, plus this connection's. */
+export function childEnvironment(base: NodeJS.ProcessEnv, socket: TLSSocket, connection: ChildConnection): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { ...base };
+  for (const name of CONNECTION_VARIABLES) delete env[name];
+  const set = (name: (typeof CONNECTION_VARIABLES)[number], value: string | number | undefined): void => {
+    if (value !== undefined && value !== '') env[name] = String(value);
+  };
+  const { peer } = connection;
+  set('SIDE', connection.side);
+  set('SHA256', peer.sha256);
+  set('ALIAS', peer.alias);
+  set('PROTO', 'TCP');
+  set('TCPREMOTEIP', plainAddress(socket.remoteAddress));
+  set('TCPREMOTEPORT', socket.remotePort);
+  set('TCPLOCALIP', plainAddress(socket.localAddress));
+  set('TCPLOCALPORT', socket.localPort);
+  set('SSL_PROTOCOL', socket.getProtocol() ?? undefined);
+  set('SSL_CIPHER', socket.getCipher()?.name);
+  set('SSL_TLS_SNI_SERVERNAME', connection.serverName);
+  set('SSL_PEER_CERT_HASH', peer.sha256 && `SHA256:${peer.sha256}`);
+  set('SSL_PEER_CERT_SUBJECT', peer.certificate && oneLineName(peer.certificate.subject));
+  return env;
+}
+
+/** IPv4 peers of a dual-stack listener appear as ::ffff:a.b.c.d; scripts expect a.b.c.d. */
+function plainAddress(address: string | undefined): string | undefined {
+  return address?.replace(/^::ffff:(?=\d+\.\d+\.\d+\.\d+$)/i, '');
+}
+
+/** OpenSSL's one-line form, `/CN=alice/O=Example`, as s6-tlsserver (libtls) gives it. */
+function oneLineName(subject: string): string {
+  return subject
+    .split('\n')
+    .filter((part) => part !== '')
+    .map((part) => `/${part}`)
+    .join('');
+}

@@ -1,0 +1,69 @@
+import { access, mkdir } from 'node:fs/promises';
+import { homedir } from 'node:os';
+import { isAbsolute, join } from 'node:path';
+import { keygen } from '../keygen/keygen.js';
+import { makeParents } from '../keygen/write-files.js';
+import { reason } from '../reason.js';
+
+export interface IdentityFiles {
+  keyFile: string;
+  certFile: string;
+}
+
+/** The original's defaults: a system-wide identity managed by the administrator. */
+export const systemIdentity: IdentityFiles = { keyFile: '/etc/tls/key.pem', certFile: '/etc/tls/cert.pem' };
+
+/** `$XDG_CONFIG_HOME/tlsd` (a relative value is ignored, as the XDG spec says), else `~/.config/tlsd`. */
+export function userIdentityDir(env: NodeJS.ProcessEnv): string {
+  const config = env.XDG_CONFIG_HOME;
+  return join(config && isAbsolute(config) ? config : join(env.HOME || homedir(), '.config'), 'tlsd');
+}
+
+export interface ChosenIdentity extends IdentityFiles {
+  /** Set when the files were made just now. */
+  created: boolean;
+}
+
+/**
+ * Which key and certificate to use. Paths given on the command line are used as given (the other
+ * one defaults to /etc/tls). With none given, /etc/tls is used when it holds either file; otherwise
+ * a per-user identity, made on first use, so tlsd works on a fresh machine with no set-up.
+ */
+export async function chooseIdentity(given: Partial<IdentityFiles>, env: NodeJS.ProcessEnv): Promise<ChosenIdentity> {
+  if (given.keyFile !== undefined || given.certFile !== undefined) {
+    return { keyFile: given.keyFile ?? systemIdentity.keyFile, certFile: given.certFile ?? systemIdentity.certFile, created: false };
+  }
+  // One file without the other in /etc/tls is a broken set-up: loading it gives the clear error.
+  if ((await exists(systemIdentity.keyFile)) || (await exists(systemIdentity.certFile))) return { ...systemIdentity, created: false };
+
+  const dir = userIdentityDir(env);
+  const files = { keyFile: join(dir, 'key.pem'), certFile: join(dir, 'cert.pem') };
+  if ((await exists(files.keyFile)) || (await exists(files.certFile))) return { ...files, created: false };
+  try {
+    await makePrivateDir(dir);
+    await keygen({ key: { type: 'ec' }, subject: [{ key: 'CN', value: 'tlsd' }], days: 3650, ...files, force: false });
+  } catch (error) {
+    // Another tlsd starting at the same moment may have made them: theirs serve as well as ours.
+    if ((await exists(files.keyFile)) && (await exists(files.certFile))) return { ...files, created: false };
+    throw new Error(`Cannot create an identity in ${dir}: ${reason(error)}`);
+  }
+  return { ...files, created: true };
+}
+
+async function makePrivateDir(dir: string): Promise<void> {
+  await makeParents(dir);
+  try {
+    await mkdir(dir, { mode: 0o700 });
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+  }
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await access(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
