@@ -1,3 +1,4 @@
+import { closeSync, openSync } from 'node:fs';
 import { createServer as createNetServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
 import { createServer as createTlsServer, type SecureContextOptions, type Server as TlsServer, type TLSSocket } from 'node:tls';
 import type { Logger } from '../logger.js';
@@ -37,16 +38,21 @@ export class Listener {
       rejectUnauthorized: false,
       handshakeTimeout: options.handshakeTimeoutMs,
     });
+    // Every handshake ends in exactly one of these two events, which frees its slot.
     this.tls.on('secureConnection', (socket: TLSSocket) => {
       this.handshakes--;
+      // Half-open only once secure: a peer that ends its side still gets the child's whole reply,
+      // while an end during the handshake fails it at once rather than at the deadline.
+      socket.allowHalfOpen = true;
       options.onSecure(socket, remoteOf(socket));
     });
     this.tls.on('tlsClientError', (error: Error, socket: TLSSocket) => {
       this.handshakes--;
       options.log.info(`${remoteOf(socket)}: TLS handshake failed: ${reason(error)}`);
+      // Node leaves a failed socket open when this event has a listener: close it, or it leaks.
+      socket.destroy();
     });
-    // allowHalfOpen: a peer that ends its side still gets the child's whole reply.
-    this.tcp = createNetServer({ allowHalfOpen: true, noDelay: true }, (socket) => this.accept(socket));
+    this.tcp = createNetServer({ noDelay: true }, (socket) => this.accept(socket));
     // Accept errors (EMFILE when descriptors run out) end nothing but that accept.
     this.tcp.on('error', (error) => options.log.error(`Cannot accept a connection: ${reason(error)}`));
   }
@@ -82,7 +88,7 @@ export class Listener {
     const refusal =
       this.handshakes >= this.options.maxHandshakes
         ? `too many handshakes in progress (${this.options.maxHandshakes})`
-        : this.options.refuse(remote);
+        : (descriptorShortage() ?? this.options.refuse(remote));
     if (refusal) {
       this.options.log.warning(`${remote}: connection refused: ${refusal}`);
       socket.destroy();
@@ -90,6 +96,21 @@ export class Listener {
     }
     this.handshakes++;
     this.tls.emit('connection', socket);
+  }
+}
+
+/**
+ * libuv sheds connections silently once accept(2) fails with EMFILE, so tlsd would never know it
+ * ran out. Opening one more descriptor tells, for a few microseconds: a connection that took the
+ * last one is refused with the reason, rather than failing later when its child cannot start.
+ */
+function descriptorShortage(): string | undefined {
+  try {
+    closeSync(openSync('/dev/null', 'r'));
+    return undefined;
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    return code === 'EMFILE' || code === 'ENFILE' ? `out of file descriptors (${code})` : undefined;
   }
 }
 
