@@ -1,7 +1,7 @@
-import { existsSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import t from 'tap';
-import { connectTls, readAll } from './lib/client.js';
+import { connectTls, exchange, readAll } from './lib/client.js';
 import { opensslFingerprint, tempDir, makeIdentity } from './lib/identity.js';
 import { runProgram } from './lib/run.js';
 import { startTlsd } from './lib/tlsd.js';
@@ -67,4 +67,19 @@ t.test('explicit paths that do not exist stay an error, and nothing is made', as
   t.equal(result.status, 1);
   t.match(result.stderr, new RegExp(`^tlsd: .*${missing}.*\\n$`));
   t.notOk(existsSync(join(home, 'cfg', 'tlsd')), 'no identity was made');
+});
+
+t.test('a key readable by everyone is used, with a warning; a group-readable one is not warned about', async (t) => {
+  const dir = tempDir();
+  const open = makeIdentity(dir, 'open');
+  chmodSync(open.key, 0o644);
+  const warned = await startTlsd(t, { identity: open, command: ['cat'] });
+  await warned.waitFor(new RegExp(`Key file ${open.key} is readable by everyone \\(mode 0644\\): chmod o-rwx it`));
+  t.equal(await exchange(warned.port, peer, 'still served\n'), 'still served\n', 'and tlsd serves');
+
+  const group = makeIdentity(dir, 'group');
+  chmodSync(group.key, 0o640);
+  const quiet = await startTlsd(t, { identity: group, command: ['cat'] });
+  t.equal(await exchange(quiet.port, peer, 'x\n'), 'x\n');
+  t.notMatch(quiet.stderr(), /readable by everyone/, 'no warning for 0640');
 });

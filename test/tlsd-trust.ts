@@ -1,7 +1,7 @@
-import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import t from 'tap';
+import { fileAppears, keyValues } from './lib/text.js';
 import { issue, makeCa } from './lib/ca.js';
 import { connectTls, exchange, readAll } from './lib/client.js';
 import { makeIdentity, tempDir } from './lib/identity.js';
@@ -13,28 +13,6 @@ const server = makeIdentity(dir, 'server');
 const dialer = makeIdentity(dir, 'dialer');
 const alice = makeIdentity(dir, 'alice');
 const bob = makeIdentity(dir, 'bob');
-
-/** Polls for a file a child writes; bounded. */
-async function fileAppears(path: string, ms = 10_000): Promise<string> {
-  for (let waited = 0; waited < ms; waited += 50) {
-    if (existsSync(path)) {
-      const text = readFileSync(path, 'utf8');
-      if (text.endsWith('\n')) return text;
-    }
-    await sleep(50);
-  }
-  throw new Error(`${path} did not appear within ${ms} ms`);
-}
-
-/** Parses `env` output into a map. */
-function environment(text: string): Map<string, string> {
-  const map = new Map<string, string>();
-  for (const line of text.split('\n')) {
-    const equals = line.indexOf('=');
-    if (equals > 0) map.set(line.slice(0, equals), line.slice(equals + 1));
-  }
-  return map;
-}
 
 t.test('a pinned dial line connects only to the server with that fingerprint', async (t) => {
   const acceptor = await startTlsd(t, { identity: server, command: ['sh', '-c', 'echo "from the server"; cat >/dev/null'] });
@@ -140,7 +118,7 @@ t.test('the child environment describes the connection, on both sides, never tls
   const seen = { port: String(socket.localPort), protocol: socket.getProtocol(), cipher: socket.getCipher().name };
   const reply = readAll(socket);
   socket.end();
-  const env = environment((await reply).toString());
+  const env = keyValues((await reply).toString());
   t.equal(env.get('SIDE'), 'SERVER');
   t.equal(env.get('SHA256'), alice.fingerprint);
   t.equal(env.get('PROTO'), 'TCP');
@@ -157,7 +135,7 @@ t.test('the child environment describes the connection, on both sides, never tls
   t.notOk(env.has('TCPREMOTEHOST'), 'nothing tlsd does not know');
 
   // Without a certificate (-n) and without SNI, none of the identity variables is left over.
-  const bare = environment(await exchange(tlsd.port, undefined, ''));
+  const bare = keyValues(await exchange(tlsd.port, undefined, ''));
   for (const name of ['SHA256', 'ALIAS', 'SSL_TLS_SNI_SERVERNAME', 'SSL_PEER_CERT_HASH', 'SSL_PEER_CERT_SUBJECT']) {
     t.notOk(bare.has(name), `${name} is absent`);
   }
@@ -167,7 +145,7 @@ t.test('the child environment describes the connection, on both sides, never tls
   const out = tempDir();
   const client = await startTlsd(t, { identity: dialer, stdin: 'pipe', command: ['sh', '-c', `env > "${out}/env.tmp"; mv "${out}/env.tmp" "${out}/env"`], env: stale });
   client.proc.stdin!.write(`localhost ${tlsd.port}\n`);
-  const dialed = environment(await fileAppears(join(out, 'env')));
+  const dialed = keyValues(await fileAppears(join(out, 'env')));
   t.equal(dialed.get('SIDE'), 'CLIENT');
   t.equal(dialed.get('SHA256'), server.fingerprint);
   t.equal(dialed.get('SSL_PEER_CERT_HASH'), `SHA256:${server.fingerprint}`);

@@ -1,5 +1,6 @@
 import { Readable } from 'node:stream';
 import t from 'tap';
+import { takeActivatedSockets } from '../src/daemon/activation.js';
 import { parseDialLine } from '../src/daemon/dial-line.js';
 import { fingerprint } from '../src/daemon/fingerprint.js';
 import { readLines, type InputLine } from '../src/daemon/line-reader.js';
@@ -81,4 +82,16 @@ t.test('reason gives one short line', async (t) => {
   const error = Object.assign(new Error("ENOENT: no such file or directory, open '/x'"), { code: 'ENOENT' });
   t.equal(reason(error), 'no such file or directory (ENOENT)');
   t.equal(reason('plain'), 'plain');
+});
+
+t.test('socket activation reads LISTEN_FDS only when LISTEN_PID is ours, and removes the variables', async (t) => {
+  const env: NodeJS.ProcessEnv = { LISTEN_PID: '4242', LISTEN_FDS: '2', LISTEN_FDNAMES: 'a:b', KEEP: 'x' };
+  t.same(takeActivatedSockets(env, 4242), [3, 4]);
+  t.same(env, { KEEP: 'x' }, 'children will not see them');
+  const stale: NodeJS.ProcessEnv = { LISTEN_PID: '1', LISTEN_FDS: '1' };
+  t.equal(takeActivatedSockets(stale, 4242), undefined, 'variables meant for another process');
+  t.same(stale, {}, 'are removed all the same');
+  t.equal(takeActivatedSockets({ LISTEN_PID: '7', LISTEN_FDS: '0' }, 7), undefined, 'no sockets');
+  t.equal(takeActivatedSockets({ LISTEN_PID: '7', LISTEN_FDS: 'x' }, 7), undefined, 'garbage');
+  t.equal(takeActivatedSockets({}, 7), undefined, 'not activated');
 });

@@ -1,6 +1,10 @@
 import { InvalidArgumentError } from 'commander';
+import { takeActivatedSockets } from '../daemon/activation.js';
 import { Daemon } from '../daemon/daemon.js';
 import { chooseIdentity } from '../daemon/default-identity.js';
+import { Notifier, peerStatus } from '../daemon/notify.js';
+import { dropPrivileges, resolvePrivileges } from '../daemon/privileges.js';
+import { chooseProxy, parseProxyAddress, type ProxyAddress } from '../daemon/proxy.js';
 import { handleSignals } from '../daemon/signals.js';
 import { parseSignal } from '../daemon/signal-name.js';
 import { reason } from '../reason.js';
@@ -25,9 +29,13 @@ const program = logOptions(
 )
   .option('--aliases <file>', 'serve only the peers listed in this fp2alias file, with ALIAS set')
   .option('--ca <file>', 'verify peer certificates against this CA bundle (and server names when dialing)')
+  .option('--socks <host:port>', 'dial through this SOCKS5 proxy, names resolved by it (default: ALL_PROXY if socks5h://)', socksOption)
   .option('--max-peers <n>', 'most peers at once; more are refused, stdin lines wait', integerIn(1, 1_000_000), 64)
+  .option('--max-per-ip <n>', 'most connections from one address at once (default: no limit)', integerIn(1, 1_000_000))
   .option('--max-handshakes <n>', 'most TLS handshakes in progress at once', integerIn(1, 1_000_000), 256)
   .option('--handshake-timeout <seconds>', 'seconds a TLS handshake may take', integerIn(1, 3600), 10)
+  .option('--user <user>', 'after binding and reading the key, run as this user (children too)')
+  .option('--group <group>', "and this group (default: the user's own)")
   .argument('<command>', 'the program to run for each peer, found on PATH')
   .argument('[argument...]', "the program's arguments");
 
@@ -35,6 +43,12 @@ function signalOption(value: string): NodeJS.Signals {
   const signal = parseSignal(value);
   if (!signal) throw new InvalidArgumentError('not a signal name or number.');
   return signal;
+}
+
+function socksOption(value: string): ProxyAddress {
+  const proxy = parseProxyAddress(value);
+  if (!proxy) throw new InvalidArgumentError('expected HOST:PORT or [IPv6]:PORT.');
+  return proxy;
 }
 
 interface CliOptions extends LogChoices {
@@ -47,8 +61,12 @@ interface CliOptions extends LogChoices {
   certDir?: string;
   aliases?: string;
   ca?: string;
+  socks?: ProxyAddress;
   maxPeers: number;
+  maxPerIp?: number;
   maxHandshakes: number;
+  user?: string;
+  group?: string;
   handshakeTimeout: number;
 }
 
@@ -58,14 +76,22 @@ const [command, args] = program.processedArgs as [string, string[]];
 // A bug must still end in one log line and a status systemd can act on, never a stack trace.
 const log = startLogging(cli);
 
+// Read before anything can spawn: children must not inherit systemd's variables or sockets.
+const activated = takeActivatedSockets(process.env, process.pid);
+const notifier = new Notifier(process.env, process.pid, log);
+
 try {
+  const becomes = resolvePrivileges({ user: cli.user, group: cli.group });
   const identity = await chooseIdentity({ keyFile: cli.key, certFile: cli.cert }, process.env);
-  if (identity.created) log.info(`Created a new identity: ${identity.keyFile} and ${identity.certFile}`);
+  if (identity.created) log.notice(`Created a new identity: ${identity.keyFile} and ${identity.certFile}`);
+  const proxy = chooseProxy(cli.socks, process.env);
+  if (proxy.ignored) log.warning(`Ignoring ${proxy.ignored}`);
   const daemon = await Daemon.start({
     keyFile: identity.keyFile,
     certFile: identity.certFile,
     host: cli.bind,
     port: cli.port ?? 0,
+    activated,
     command,
     args,
     endSignal: cli.signal,
@@ -73,13 +99,18 @@ try {
     certDir: cli.certDir,
     caFile: cli.ca,
     aliasesFile: cli.aliases,
+    proxy: proxy.proxy,
     maxPeers: cli.maxPeers,
+    maxPerAddress: cli.maxPerIp,
     maxHandshakes: cli.maxHandshakes,
     handshakeTimeoutMs: cli.handshakeTimeout * 1000,
     dialInput: process.stdin,
+    onPeerCount: (count) => notifier.status(peerStatus(count)),
     log,
   });
-  handleSignals(daemon, (code) => process.exit(code));
+  dropPrivileges(becomes);
+  handleSignals(daemon, notifier, (code) => process.exit(code));
+  notifier.ready(peerStatus(0));
 } catch (error) {
   fail(log, reason(error));
 }

@@ -1,3 +1,4 @@
+import { openSync } from 'node:fs';
 import { isIP, type AddressInfo } from 'node:net';
 import type { Readable } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
@@ -13,6 +14,7 @@ import { readLines } from './line-reader.js';
 import { formatAddress, Listener } from './listener.js';
 import { checkPeer, type Expectation, type TrustPolicy } from './peer-check.js';
 import { PeerTable } from './peer-table.js';
+import type { ProxyAddress } from './proxy.js';
 import { Session } from './session.js';
 
 export interface DaemonOptions {
@@ -32,9 +34,17 @@ export interface DaemonOptions {
   caFile: string | undefined;
   /** --aliases: serve only the peers listed in this fp2alias file. */
   aliasesFile: string | undefined;
+  /** --socks (or ALL_PROXY): outgoing connections go through this SOCKS5 proxy. */
+  proxy?: ProxyAddress;
   maxPeers: number;
+  /** --max-per-ip: most connections from one address at once; no limit when undefined. */
+  maxPerAddress?: number;
   maxHandshakes: number;
   handshakeTimeoutMs: number;
+  /** Sockets passed by systemd, served instead of binding host and port. */
+  activated?: readonly number[];
+  /** Told whenever the number of peers changes (systemd's STATUS=). */
+  onPeerCount?: (count: number) => void;
   /** `host port` lines to dial; none when undefined. */
   dialInput: Readable | undefined;
   log: Logger;
@@ -47,7 +57,9 @@ const REFUSED_LINGER_MS = 2_000;
 
 /** The tlsd core: listens, dials, and runs one session per peer within the limits. */
 export class Daemon {
-  private readonly sessions = new Set<Session>();
+  private readonly sessions = new Map<Session, PeerRow>();
+  /** What the child gets at descriptors 3, 4, … in place of activated sockets. */
+  private readonly coverFds: number[];
   private readonly peers: PeerTable;
   private readonly listener: Listener;
   private readonly trust: TrustPolicy;
@@ -61,9 +73,12 @@ export class Daemon {
   ) {
     this.trust = { requireCert: options.requireCert, verifyChain: options.caFile !== undefined, aliases };
     this.peers = new PeerTable(options.maxPeers);
+    this.coverFds = options.activated?.length ? options.activated.map(() => openSync('/dev/null', 'r')) : [];
     this.listener = new Listener({
       host: options.host,
       port: options.port,
+      activated: options.activated,
+      maxPerAddress: options.maxPerAddress,
       credentials: identity.options,
       handshakeTimeoutMs: options.handshakeTimeoutMs,
       maxHandshakes: options.maxHandshakes,
@@ -81,15 +96,16 @@ export class Daemon {
     const identity = await loadIdentity(options);
     const aliases = options.aliasesFile === undefined ? undefined : AliasBook.open(options.aliasesFile, options.log);
     const daemon = new Daemon(options, identity, aliases);
-    let address: AddressInfo;
+    let addresses: AddressInfo[];
     try {
-      address = await daemon.listener.listen();
+      addresses = await daemon.listener.listen();
     } catch (error) {
       aliases?.close();
       throw error;
     }
-    options.log.notice(`Listening on ${address.address}, port ${address.port}`);
+    for (const address of addresses) options.log.notice(`Listening on ${address.address}, port ${address.port}`);
     options.log.info(`Our certificate's SHA256: ${identity.fingerprint}`);
+    if (identity.exposure) options.log.warning(identity.exposure);
     if (aliases) options.log.info(`Serving the ${aliases.size} peers listed in ${aliases.file}`);
     if (options.dialInput) void daemon.readDialLines(options.dialInput);
     return daemon;
@@ -97,6 +113,22 @@ export class Daemon {
 
   get peerCount(): number {
     return this.peers.size;
+  }
+
+  /** SIGUSR1: one line per peer, for an operator asking what is going on. */
+  logStatus(): void {
+    for (const line of this.statusLines()) this.options.log.notice(line);
+  }
+
+  statusLines(now = Date.now()): string[] {
+    const lines = [`Status: ${this.sessions.size} peer(s), ${this.listener.pendingHandshakes} handshake(s) in progress`];
+    for (const [session, row] of this.sessions) {
+      const who = row.sha256 === undefined ? 'no certificate' : `SHA256 ${row.sha256}${row.alias === undefined ? '' : ` (${row.alias})`}`;
+      const child = session.pid === undefined ? 'child gone' : `child ${session.pid}`;
+      const age = Math.round((now - session.startedAt) / 1000);
+      lines.push(`${row.side} ${row.remote} ${who}, ${child}, ${session.bytesIn} bytes in, ${session.bytesOut} bytes out, ${age} s`);
+    }
+    return lines;
   }
 
   /** SIGHUP: new key, certificate (and aliases) for new connections; on failure the old ones stay. */
@@ -108,6 +140,7 @@ export class Daemon {
         this.identity = await loadIdentity(this.options);
         this.listener.setCredentials(this.identity.options);
         log.notice(`Reloaded key and certificate, SHA256 ${this.identity.fingerprint}`);
+        if (this.identity.exposure) log.warning(this.identity.exposure);
       } catch (error) {
         log.error(`Reload failed, keeping the old key and certificate: ${reason(error)}`);
       }
@@ -127,14 +160,14 @@ export class Daemon {
     this.peers.close();
     const count = this.sessions.size;
     this.options.log.notice(count > 0 ? `Shutting down, waiting for ${count} child${count === 1 ? '' : 'ren'}` : 'Shutting down');
-    for (const session of this.sessions) session.end();
-    await Promise.all([...this.sessions].map((session) => session.done));
+    for (const session of this.sessions.keys()) session.end();
+    await Promise.all([...this.sessions.keys()].map((session) => session.done));
   }
 
   /** A second signal: kill what is left. */
   kill(): void {
     this.options.log.notice(`Killing ${this.sessions.size} remaining session(s)`);
-    for (const session of this.sessions) session.kill();
+    for (const session of this.sessions.keys()) session.kill();
   }
 
   private refusal(): string | undefined {
@@ -178,7 +211,7 @@ export class Daemon {
     log.info(`Connecting to ${label}`);
     let socket: TLSSocket;
     try {
-      socket = await dial(target, this.identity.context, handshakeTimeoutMs);
+      socket = await dial(target, this.identity.context, handshakeTimeoutMs, this.options.proxy);
     } catch (error) {
       log.warning(`Cannot connect to ${label}: ${reason(error)}`);
       this.peers.release();
@@ -220,14 +253,24 @@ export class Daemon {
       endSignal: options.endSignal,
       log,
       label: remote,
+      coverFds: this.coverFds,
     });
-    this.sessions.add(session);
+    this.sessions.set(session, { side, remote, sha256, alias: peer.alias });
+    options.onPeerCount?.(this.sessions.size);
     session.start();
     await session.done;
     this.sessions.delete(session);
     this.peers.release();
+    options.onPeerCount?.(this.sessions.size);
     log.info(`${remote}: session ended`);
   }
+}
+
+interface PeerRow {
+  side: Side;
+  remote: string;
+  sha256: string | undefined;
+  alias: string | undefined;
 }
 
 /** The name a client asked for (SNI); the tls typings leave it out of TLSSocket. */

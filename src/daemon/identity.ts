@@ -1,5 +1,5 @@
 import { X509Certificate, constants as cryptoConstants } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { createSecureContext, type SecureContext, type SecureContextOptions } from 'node:tls';
 import { reason } from '../reason.js';
 import { fingerprint } from './fingerprint.js';
@@ -12,6 +12,8 @@ export interface Identity {
   options: SecureContextOptions;
   /** Our certificate's fingerprint, as peers see it in SHA256. */
   fingerprint: string;
+  /** Set when the key file is readable by anyone: worth a warning each time it is loaded. */
+  exposure?: string;
 }
 
 export class IdentityError extends Error {}
@@ -63,7 +65,14 @@ export async function loadIdentity({ keyFile, certFile, caFile }: IdentityFiles)
     }
     throw new IdentityError(`Cannot use key file ${keyFile} with certificate file ${certFile}: ${why}`);
   }
-  return { context, options, fingerprint: fingerprint(leaf.raw) };
+  return { context, options, fingerprint: fingerprint(leaf.raw), exposure: await exposure(keyFile) };
+}
+
+// Group-readable is a deliberate choice (an ssl-cert group); readable by everyone never is.
+async function exposure(keyFile: string): Promise<string | undefined> {
+  const mode = (await stat(keyFile)).mode & 0o777;
+  if ((mode & 0o004) === 0) return undefined;
+  return `Key file ${keyFile} is readable by everyone (mode ${mode.toString(8).padStart(4, '0')}): chmod o-rwx it`;
 }
 
 async function readCredential(file: string, what: string): Promise<Buffer> {

@@ -7,9 +7,13 @@ import { reason } from '../reason.js';
 export interface ListenerOptions {
   host: string;
   port: number;
+  /** Listening sockets passed by systemd (socket activation): served instead of binding host/port. */
+  activated?: readonly number[];
   credentials: SecureContextOptions;
   handshakeTimeoutMs: number;
   maxHandshakes: number;
+  /** Most connections from one address at once, handshakes included; no limit when undefined. */
+  maxPerAddress?: number;
   log: Logger;
   /** Asked for every new TCP connection before any TLS work; a reason to refuse, or undefined. */
   refuse(remote: string): string | undefined;
@@ -26,9 +30,11 @@ const LISTEN_BACKLOG = 4096;
  * holds one slot for a bounded time and never delays anyone else.
  */
 export class Listener {
-  private readonly tcp: NetServer;
+  private readonly tcp: NetServer[];
   private readonly tls: TlsServer;
   private handshakes = 0;
+  /** Open connections per remote address, kept only with a per-address limit. */
+  private readonly perAddress = new Map<string, number>();
 
   constructor(private readonly options: ListenerOptions) {
     this.tls = createTlsServer({
@@ -52,26 +58,34 @@ export class Listener {
       // Node leaves a failed socket open when this event has a listener: close it, or it leaks.
       socket.destroy();
     });
-    this.tcp = createNetServer({ noDelay: true }, (socket) => this.accept(socket));
-    // Accept errors (EMFILE when descriptors run out) end nothing but that accept.
-    this.tcp.on('error', (error) => options.log.error(`Cannot accept a connection: ${reason(error)}`));
+    this.tcp = (options.activated ?? [undefined]).map(() => createNetServer({ noDelay: true }, (socket) => this.accept(socket)));
   }
 
   get pendingHandshakes(): number {
     return this.handshakes;
   }
 
-  /** Resolves with the bound address, or rejects with a one-line reason (port in use, bad address). */
-  listen(): Promise<AddressInfo> {
-    const { host, port } = this.options;
-    return new Promise((resolve, reject) => {
-      const failed = (error: Error): void => reject(new Error(`Cannot listen on ${host}, port ${port}: ${reason(error)}`));
-      this.tcp.once('error', failed);
-      this.tcp.listen({ host, port, backlog: LISTEN_BACKLOG }, () => {
-        this.tcp.off('error', failed);
-        resolve(this.tcp.address() as AddressInfo);
-      });
-    });
+  /** Resolves with the addresses served, or rejects with a one-line reason (port in use, bad address). */
+  listen(): Promise<AddressInfo[]> {
+    const { host, port, activated } = this.options;
+    return Promise.all(
+      this.tcp.map((server, i) => {
+        const fd = activated?.[i];
+        const what = fd === undefined ? `${host}, port ${port}` : `the socket passed as descriptor ${fd}`;
+        return new Promise<AddressInfo>((resolve, reject) => {
+          const failed = (error: Error): void => reject(new Error(`Cannot listen on ${what}: ${reason(error)}`));
+          server.once('error', failed);
+          const ready = (): void => {
+            server.off('error', failed);
+            // Accept errors end nothing but that accept.
+            server.on('error', (error) => this.options.log.error(`Cannot accept a connection: ${reason(error)}`));
+            resolve(server.address() as AddressInfo);
+          };
+          if (fd === undefined) server.listen({ host, port, backlog: LISTEN_BACKLOG }, ready);
+          else server.listen({ fd, backlog: LISTEN_BACKLOG }, ready);
+        });
+      }),
+    );
   }
 
   /** New credentials for connections accepted from now on. */
@@ -80,19 +94,33 @@ export class Listener {
   }
 
   close(): void {
-    this.tcp.close();
+    for (const server of this.tcp) server.close();
   }
 
   private accept(socket: Socket): void {
     const remote = formatAddress(socket.remoteAddress, socket.remotePort);
+    const { maxHandshakes, maxPerAddress } = this.options;
+    const address = socket.remoteAddress ?? '';
+    const fromAddress = this.perAddress.get(address) ?? 0;
     const refusal =
-      this.handshakes >= this.options.maxHandshakes
-        ? `too many handshakes in progress (${this.options.maxHandshakes})`
-        : (descriptorShortage() ?? this.options.refuse(remote));
+      this.handshakes >= maxHandshakes
+        ? `too many handshakes in progress (${maxHandshakes})`
+        : maxPerAddress !== undefined && fromAddress >= maxPerAddress
+          ? `too many connections from ${address} (${maxPerAddress})`
+          : (descriptorShortage() ?? this.options.refuse(remote));
     if (refusal) {
       this.options.log.warning(`${remote}: connection refused: ${refusal}`);
       socket.destroy();
       return;
+    }
+    if (maxPerAddress !== undefined) {
+      this.perAddress.set(address, fromAddress + 1);
+      // The TCP socket closes last, after the TLS session and the child's output are done.
+      socket.once('close', () => {
+        const left = (this.perAddress.get(address) ?? 1) - 1;
+        if (left > 0) this.perAddress.set(address, left);
+        else this.perAddress.delete(address);
+      });
     }
     this.handshakes++;
     this.tls.emit('connection', socket);

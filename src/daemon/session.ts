@@ -12,6 +12,11 @@ export interface SessionOptions {
   log: Logger;
   /** Names the peer in log lines, e.g. `127.0.0.1:40312`. */
   label: string;
+  /**
+   * Descriptors the child gets at 3, 4, … in place of what it would inherit there: systemd's
+   * activated sockets have no close-on-exec flag, and Node cannot set one, so they are covered.
+   */
+  coverFds?: readonly number[];
 }
 
 /**
@@ -44,6 +49,22 @@ export class Session {
     this.done = new Promise((resolve) => (this.settle = resolve));
   }
 
+  /** When the child started (ms since the epoch), for SIGUSR1's table. */
+  readonly startedAt = Date.now();
+
+  get pid(): number | undefined {
+    return this.childRunning ? this.child?.pid : undefined;
+  }
+
+  /** Bytes from the peer, and to it, so far. */
+  get bytesIn(): number {
+    return this.socket.bytesRead;
+  }
+
+  get bytesOut(): number {
+    return this.socket.bytesWritten;
+  }
+
   start(): void {
     const { socket, options } = this;
     socket.on('error', (error) => {
@@ -57,7 +78,7 @@ export class Session {
 
     let child: ChildProcess;
     try {
-      child = spawn(options.command, options.args, { stdio: ['pipe', 'pipe', 'inherit'], env: options.env });
+      child = spawn(options.command, options.args, { stdio: ['pipe', 'pipe', 'inherit', ...(options.coverFds ?? [])], env: options.env });
     } catch (error) {
       this.onSpawnFailed(error);
       return;

@@ -3,7 +3,7 @@ import { connect, type ConnectionOptions, type TLSSocket } from 'node:tls';
 import type { TestIdentity } from './identity.js';
 
 /** Node's TLS client with a client certificate (or none), connected and handshaken. */
-export function connectTls(port: number, identity?: TestIdentity, extra: ConnectionOptions = {}): Promise<TLSSocket> {
+export function connectTls(port: number, identity?: TestIdentity, extra: ConnectionOptions & { localAddress?: string } = {}): Promise<TLSSocket> {
   return new Promise((resolve, reject) => {
     const options: ConnectionOptions & { allowHalfOpen: boolean } = {
       host: '127.0.0.1',
