@@ -126,6 +126,38 @@ t.test('a peer that resets mid-transfer: the child sees the end, the session end
   });
 });
 
+t.test('a peer that ends its side and then resets: tlsd notices, -s reaches the child, the session ends', async (t) => {
+  const marks = scratch(t);
+  // The child reads to EOF, then lingers as a daemon-ish script would; `sleep` keeps its stdout.
+  const script = 'trap "echo term > \"$MARKS/term.$$\"; exit 0" TERM; cat > /dev/null; sleep 60 & wait';
+  const tlsd = await startTlsd(t, { identity: server, options: ['-s', 'TERM'], command: ['sh', '-c', script], env: { ...quietSyslog, MARKS: marks } });
+  const { reset, label } = await resettableClient(t, tlsd.port);
+  reset.tls.end('bye\n');
+  await tlsd.waitFor(new RegExp(`${label}: started child`));
+  await sleep(300); // the FIN is in; Node reads no more from this connection
+  reset.now();
+  await tlsd.waitFor(new RegExp(`${label}: connection lost \\((EPIPE|ECONNRESET)\\)`), 10_000);
+  await waitUntil(() => markers(marks, 'term.').length === 1, 'the child gets SIGTERM', tlsd);
+  t.pass('the reset is noticed although nothing was being read or written, and -s TERM follows');
+  await tlsd.waitFor(new RegExp(`${label}: session ended`), 10_000);
+  t.pass('the session ends although the sleep left behind still holds the stdout pipe');
+  t.notMatch(tlsd.stderr(), /unknown peer/, 'every line names the peer by its address');
+});
+
+t.test('a peer that resets while its child is not reading: the session ends all the same', async (t) => {
+  // The child does not read for a while, so backpressure stops tlsd reading the connection too.
+  const tlsd = await startTlsd(t, { identity: server, command: ['sh', '-c', 'sleep 3; exec cat > /dev/null'] });
+  const { reset, label } = await resettableClient(t, tlsd.port);
+  const chunk = Buffer.alloc(64 * 1024, 'x');
+  for (let sent = 0; sent < 8_000_000 && reset.tls.write(chunk); sent += chunk.length) await sleep(1);
+  reset.now();
+  await tlsd.waitFor(new RegExp(`${label}: connection lost`), 10_000);
+  t.notMatch(tlsd.stderr(), new RegExp(`${label}: child \\d+ exited`), 'noticed while the child was still asleep');
+  await tlsd.waitFor(new RegExp(`${label}: child \\d+ exited with status 0`), 10_000);
+  await tlsd.waitFor(new RegExp(`${label}: session ended`), 10_000);
+  t.pass('the child reads what had arrived, sees EOF, and the session ends');
+});
+
 interface Resettable {
   tls: ReturnType<typeof tlsConnect>;
   /** Sends a TCP reset and forgets the connection, as a crashing peer or a middlebox would. */

@@ -54,6 +54,8 @@ export interface DaemonOptions {
 const MAX_LINE_BYTES = 4096;
 /** How long a refused peer has to read our close_notify before the socket is destroyed. */
 const REFUSED_LINGER_MS = 2_000;
+/** How often connections Node is not reading from are checked for a reset (see Session.probe). */
+const PROBE_INTERVAL_MS = 1_000;
 
 /** The tlsd core: listens, dials, and runs one session per peer within the limits. */
 export class Daemon {
@@ -108,6 +110,9 @@ export class Daemon {
     if (identity.exposure) options.log.warning(identity.exposure);
     if (aliases) options.log.info(`Serving the ${aliases.size} peers listed in ${aliases.file}`);
     if (options.dialInput) void daemon.readDialLines(options.dialInput);
+    setInterval(() => {
+      for (const session of daemon.sessions.keys()) session.probe();
+    }, PROBE_INTERVAL_MS).unref();
     return daemon;
   }
 

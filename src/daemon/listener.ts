@@ -3,6 +3,7 @@ import { createServer as createNetServer, type AddressInfo, type Server as NetSe
 import { createServer as createTlsServer, type SecureContextOptions, type Server as TlsServer, type TLSSocket } from 'node:tls';
 import type { Logger } from '../logger.js';
 import { reason } from '../reason.js';
+import { tcpSocketOf } from '../os/tcp-probe.js';
 
 export interface ListenerOptions {
   host: string;
@@ -147,6 +148,8 @@ export function formatAddress(address: string | undefined, port: number | undefi
   return address.includes(':') ? `[${address}]:${port}` : `${address}:${port}`;
 }
 
+/** The peer's address, read from the TCP socket, which learnt it at accept and keeps it past a reset. */
 function remoteOf(socket: TLSSocket): string {
-  return formatAddress(socket.remoteAddress, socket.remotePort);
+  const tcp = tcpSocketOf(socket) ?? socket;
+  return formatAddress(tcp.remoteAddress, tcp.remotePort);
 }

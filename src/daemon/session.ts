@@ -2,6 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import type { TLSSocket } from 'node:tls';
 import type { Logger } from '../logger.js';
 import { reason } from '../reason.js';
+import { connectionLost, descriptorOf } from '../os/tcp-probe.js';
 
 export interface SessionOptions {
   command: string;
@@ -99,8 +100,23 @@ export class Session {
     child.on('exit', (code, signal) => {
       this.childRunning = false;
       options.log.info(`${options.label}: child ${child.pid} ${describeExit(code, signal)}`);
+      if (this.socketClosed) this.releaseChild();
     });
     child.on('close', () => this.onChildGone());
+  }
+
+  /**
+   * Called now and then: a connection Node is not reading from (the peer ended its side, or the
+   * child is not keeping up) would never show a reset, and its child would wait forever.
+   */
+  probe(): void {
+    const { socket } = this;
+    if (this.socketClosed || socket.destroyed || (socket.readableFlowing === true && !socket.readableEnded)) return;
+    const fd = descriptorOf(socket);
+    const lost = fd === undefined ? undefined : connectionLost(fd);
+    if (lost === undefined) return;
+    this.options.log.info(`${this.options.label}: connection lost (${lost})`);
+    socket.destroy();
   }
 
   /** Shutdown: the child sees EOF (and the -s signal); its output still reaches the peer. */
@@ -135,7 +151,18 @@ export class Session {
     }
     this.endChildInput();
     this.signalChild();
+    if (!this.childRunning) this.releaseChild();
     this.finishIfDone();
+  }
+
+  /**
+   * The child has exited and the peer is gone: nothing can reach anyone any more, so a process the
+   * child left behind holding its stdout (`sh -c 'cmd; sleep 99'` killed by -s) keeps no session.
+   */
+  private releaseChild(): void {
+    this.child?.stdin?.destroy();
+    this.child?.stdout?.destroy();
+    this.onChildGone();
   }
 
   private onChildGone(): void {

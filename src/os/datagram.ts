@@ -1,14 +1,10 @@
-import { constants } from 'node:os';
 import PosixSocket from 'posix-socket';
+import { errnoOf } from './errno.js';
 
 // Linux values; posix-socket does not export them. CLOEXEC keeps the socket out of children,
 // NONBLOCK (with MSG_DONTWAIT) keeps a stuck reader from ever blocking the event loop.
 const SOCK_NONBLOCK = 0o4000;
 const SOCK_CLOEXEC = 0o2000000;
-
-const errnoNames = new Map<number, string>(
-  Object.entries(constants.errno as Record<string, number>).map(([name, value]) => [value, name]),
-);
 
 /** An unbound unix datagram socket that sends to one path and never blocks. */
 export class UnixDatagramSender {
@@ -27,8 +23,7 @@ export class UnixDatagramSender {
       });
       return undefined;
     } catch (error) {
-      const errno = (error as { errno?: unknown }).errno;
-      return (typeof errno === 'number' && errnoNames.get(errno)) || String(error);
+      return errnoOf(error) ?? String(error);
     }
   }
 
