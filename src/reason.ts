@@ -7,7 +7,9 @@ export function reason(error: unknown): string {
   const code = (error as NodeJS.ErrnoException).code;
   const message = error.message
     .replace(/^[A-Z0-9_]+: /, '') // "ENOENT: no such file..." → "no such file..."
-    .replace(/, (open|read|write|connect|spawn|scandir|mkdir|stat|lstat) .*$/, '') // the path is in our own text
+    // The path is in our own text. Anchored at the end, so a second pass over our own line keeps
+    // the "(EISDIR)" the first one added.
+    .replace(/, (open|read|write|connect|spawn|scandir|mkdir|stat|lstat)( '.*')?$/, '')
     .replace(/^error:[0-9A-F]+:[^:]*:[^:]*:/, ''); // OpenSSL's "error:0480006C:PEM routines::" prefix
   return code && !message.includes(code) ? `${message} (${code})` : message;
 }

@@ -82,6 +82,10 @@ t.test('reason gives one short line', async (t) => {
   const error = Object.assign(new Error("ENOENT: no such file or directory, open '/x'"), { code: 'ENOENT' });
   t.equal(reason(error), 'no such file or directory (ENOENT)');
   t.equal(reason('plain'), 'plain');
+  const directory = Object.assign(new Error('EISDIR: illegal operation on a directory, read'), { code: 'EISDIR' });
+  t.equal(reason(directory), 'illegal operation on a directory (EISDIR)');
+  // The CLI runs our own wrapped line through reason() again: the code must survive.
+  t.equal(reason(new Error(`Cannot read key file /tmp: ${reason(directory)}`)), 'Cannot read key file /tmp: illegal operation on a directory (EISDIR)');
 });
 
 t.test('socket activation reads LISTEN_FDS only when LISTEN_PID is ours, and removes the variables', async (t) => {
