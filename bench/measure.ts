@@ -1,0 +1,175 @@
+/**
+ * One round for one server: the loads against fresh instances of it, read from the client's side
+ * (rates, latencies, checked streams) and from /proc (the daemon's own CPU time and memory).
+ */
+import { Generator } from './generator.js';
+import type { RateResult, StreamResult } from './loads.js';
+import type { BenchOptions } from './options.js';
+import { cpuTimes, groupPssKiB, rssKiB } from './proc.js';
+import { RunningServer, type Child, type Files, type ServerSpec } from './servers.js';
+
+/** One figure of one round: a number, a note (a status such as "deadlock", or a qualifier), or both. */
+export interface Value {
+  n?: number;
+  note?: string;
+}
+
+export type Figures = Record<string, Value>;
+
+const MiB = 1024 * 1024;
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Servers that are running now, so that an interrupted run stops them. */
+export const running = new Set<RunningServer>();
+
+async function withServer(spec: ServerSpec, child: Child, files: Files, repo: string, body: (server: RunningServer, generator: Generator) => Promise<void>, profileDir?: string): Promise<void> {
+  const server = await RunningServer.start(spec, child, files, repo, profileDir);
+  running.add(server);
+  let generator: Generator | undefined;
+  try {
+    generator = await Generator.start(files.clientKey, files.clientCert);
+    await body(server, generator);
+  } finally {
+    generator?.close();
+    await server.stop();
+    running.delete(server);
+  }
+}
+
+function failures(result: RateResult): string | undefined {
+  if (result.failed === 0) return undefined;
+  const reasons = Object.entries(result.errors)
+    .map(([error, count]) => `${count} ${error}`)
+    .join(', ');
+  return `${result.failed} failed: ${reasons}`;
+}
+
+function streamValue(result: StreamResult): Value {
+  return result.status === 'ok' ? { n: result.mibPerSecond } : { note: result.status === 'deadlock' ? 'deadlock' : `${result.status}` };
+}
+
+/**
+ * The 'main' phase runs every load but idle; the 'idle' phase only idle (thousands of connections
+ * and, for most servers, thousands of processes: run after every main round, so that setting them
+ * up and tearing them down never disturbs another server's figures).
+ */
+export async function measureServer(spec: ServerSpec, options: BenchOptions, files: Files & { dataHash: string }, repo: string, phase: 'main' | 'idle', log: (line: string) => void): Promise<Figures> {
+  const figures: Figures = {};
+  const loads = new Set([...options.loads].filter((load) => (phase === 'idle') === (load === 'idle')));
+  const port = (server: RunningServer): { port: number; tls: boolean } => ({ port: server.port, tls: spec.tls });
+  const rateCap = (count: number): number => Math.max(60_000, count * 100);
+
+  if (loads.has('rate') || loads.has('latency') || loads.has('silent') || loads.has('bulk')) {
+    await withServer(spec, 'echo', files, repo, async (server, generator) => {
+      const rate = (count: number, inFlight: number, timeoutMs = 10_000, maxFailures = 50): Promise<RateResult> =>
+        generator.request<RateResult>({ op: 'rate', ...port(server), count, inFlight, timeoutMs, capMs: rateCap(count), maxFailures }, rateCap(count) + 30_000);
+      await rate(Math.min(100, options.connections), 8); // warm-up, not counted
+      if (loads.has('rate')) {
+        const before = cpuTimes(server.pid);
+        const result = await rate(options.connections, options.inFlight);
+        await sleep(500); // the last children are reaped
+        const after = cpuTimes(server.pid);
+        const note = failures(result);
+        if (note) log(`  ${spec.name} rate: ${note}`);
+        figures.rate = { n: result.perSecond, note: note && `${result.failed} failed` };
+        figures.rateP50 = { n: result.p50 };
+        figures.rateP99 = { n: result.p99 };
+        if (result.done > 0) {
+          figures.cpuOwn = { n: (after.own - before.own) / result.done };
+          figures.cpuTree = { n: (after.own + after.children - before.own - before.children) / result.done };
+        }
+        figures.protocol = { note: result.protocol };
+      }
+      let baseline: RateResult | undefined;
+      if (loads.has('latency') || loads.has('silent')) {
+        baseline = await rate(options.latencyCount, 1);
+        const note = failures(baseline);
+        if (note) log(`  ${spec.name} latency: ${note}`);
+        figures.latP50 = { n: baseline.p50 };
+        figures.latP99 = { n: baseline.p99 };
+      }
+      if (loads.has('silent') && baseline) {
+        const { opened } = await generator.request<{ opened: number }>({ op: 'silent', port: server.port, count: options.silentCount, timeoutMs: 5_000 }, 30_000);
+        await sleep(300);
+        const result = await rate(options.latencyCount, 1, 3_000, 3);
+        await generator.request({ op: 'release' }, 30_000);
+        const note = failures(result);
+        if (note) log(`  ${spec.name} with ${opened} silent connections: ${note}`);
+        if (result.failed >= 3 && result.done < options.latencyCount) figures.silent = { note: 'blocked' };
+        else figures.silent = { n: (result.p50 / baseline.p50 - 1) * 100, note: opened < options.silentCount ? `${opened} opened` : undefined };
+      }
+      if (loads.has('bulk')) {
+        const total = options.bulkMiB * MiB;
+        const capMs = Math.max(60_000, options.bulkMiB * 500);
+        const result = await generator.request<StreamResult>({ op: 'bulk', ...port(server), total, stallMs: options.stallMs, capMs }, capMs + 30_000);
+        if (result.status !== 'ok') log(`  ${spec.name} bulk: ${result.status}: ${result.detail}`);
+        figures.bulk = streamValue(result);
+      }
+    });
+  }
+
+  if (loads.has('download')) {
+    await withServer(spec, 'download', files, repo, async (server, generator) => {
+      const total = options.downloadMiB * MiB;
+      const capMs = Math.max(60_000, options.downloadMiB * 500);
+      const result = await generator.request<StreamResult>({ op: 'download', ...port(server), total, hash: files.dataHash, stallMs: options.stallMs, capMs }, capMs + 30_000);
+      if (result.status !== 'ok') log(`  ${spec.name} download: ${result.status}: ${result.detail}`);
+      figures.download = streamValue(result);
+    });
+  }
+
+  if (loads.has('idle')) {
+    await withServer(spec, 'echo', files, repo, async (server, generator) => {
+      await sleep(300);
+      const rss0 = rssKiB(server.pid);
+      const pss0 = groupPssKiB(server.pid, 10_000);
+      let held = 0;
+      for (const level of options.idleLevels) {
+        const capMs = Math.max(60_000, level * 30);
+        const fill = await generator.request<{ held: number; failed: number; errors: Record<string, number> }>(
+          { op: 'hold', ...port(server), total: level, inFlight: 32, timeoutMs: 10_000, capMs, maxFailures: 50 },
+          capMs + 30_000,
+        );
+        await sleep(1_000);
+        const now = await generator.request<{ held: number; dropped: number }>({ op: 'held' }, 10_000);
+        held = now.held;
+        const rss = rssKiB(server.pid);
+        const note = held < level ? `${held} held` : undefined;
+        if (fill.failed > 0) log(`  ${spec.name} idle ${level}: ${fill.failed} failed (${Object.entries(fill.errors).map(([e, c]) => `${c} ${e}`).join(', ')}), ${held} held`);
+        figures[`idle${level}`] = held > 0 ? { n: (rss - rss0) / held, note } : { note: 'none held' };
+        if (held < level) break;
+      }
+      const pss = pss0 === undefined ? undefined : groupPssKiB(server.pid, 20_000);
+      if (pss !== undefined && held > 0) figures.idleTree = { n: (pss - pss0!) / held, note: `at ${held}` };
+      await generator.request({ op: 'release' }, 30_000);
+    });
+  }
+  return figures;
+}
+
+/**
+ * tlsd under the rate load with `node --cpu-prof` (after the same warm-up as the rate row); returns
+ * the connections made and tlsd's own CPU time over them (from /proc), to turn the profile's shares
+ * into time per connection.
+ */
+export async function profileTlsd(spec: ServerSpec, options: BenchOptions, files: Files, repo: string, profileDir: string): Promise<{ done: number; cpuOwnMs: number }> {
+  let done = 0;
+  let cpuOwnMs = NaN;
+  await withServer(
+    spec,
+    'echo',
+    files,
+    repo,
+    async (server, generator) => {
+      const port = { port: server.port, tls: spec.tls };
+      await generator.request<RateResult>({ op: 'rate', ...port, count: Math.min(100, options.connections), inFlight: 8, timeoutMs: 10_000, capMs: 60_000, maxFailures: 50 }, 90_000);
+      const before = cpuTimes(server.pid);
+      const result = await generator.request<RateResult>({ op: 'rate', ...port, count: options.connections, inFlight: options.inFlight, timeoutMs: 10_000, capMs: 120_000, maxFailures: 50 }, 150_000);
+      await sleep(500);
+      cpuOwnMs = cpuTimes(server.pid).own - before.own;
+      done = result.done;
+    },
+    profileDir,
+  );
+  return { done, cpuOwnMs };
+}

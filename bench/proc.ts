@@ -1,0 +1,79 @@
+/** Readings from /proc: a process's own memory and CPU time, and its process group. */
+import { execFileSync } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
+
+let ticksPerSecond: number | undefined;
+
+function clockTicks(): number {
+  if (ticksPerSecond === undefined) {
+    try {
+      ticksPerSecond = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+    } catch {
+      ticksPerSecond = 100;
+    }
+  }
+  return ticksPerSecond;
+}
+
+/** VmRSS of one process in KiB (its own resident memory; children are other processes). */
+export function rssKiB(pid: number): number {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const match = /^VmRSS:\s+(\d+) kB/m.exec(status);
+  return match ? Number(match[1]) : NaN;
+}
+
+export interface CpuTimes {
+  /** utime + stime of the process itself (all its threads), in milliseconds. */
+  own: number;
+  /** cutime + cstime: children it has waited for, in milliseconds. */
+  children: number;
+}
+
+function statFields(pid: number): string[] {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  // The command name may hold spaces and parentheses: fields start after the last ')'.
+  return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+}
+
+export function cpuTimes(pid: number): CpuTimes {
+  const fields = statFields(pid); // fields[0] is field 3 (state)
+  const ms = 1000 / clockTicks();
+  return {
+    own: (Number(fields[11]) + Number(fields[12])) * ms,
+    children: (Number(fields[13]) + Number(fields[14])) * ms,
+  };
+}
+
+/** Live process ids in one process group (the server and every child it started); zombies left out. */
+export function groupMembers(pgid: number): number[] {
+  const members: number[] = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const fields = statFields(Number(entry));
+      if (Number(fields[2]) === pgid && fields[0] !== 'Z') members.push(Number(entry));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return members;
+}
+
+/**
+ * Proportional set size of a whole process group in KiB (shared pages split among their users),
+ * read for at most `budgetMs`; undefined when that was not enough to read them all.
+ */
+export function groupPssKiB(pgid: number, budgetMs: number): number | undefined {
+  const deadline = Date.now() + budgetMs;
+  let total = 0;
+  for (const pid of groupMembers(pgid)) {
+    if (Date.now() > deadline) return undefined;
+    try {
+      const match = /^Pss:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'));
+      if (match) total += Number(match[1]);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return total;
+}
