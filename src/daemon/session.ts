@@ -70,6 +70,8 @@ export class Session {
     const { socket, options } = this;
     socket.on('error', (error) => {
       if (!this.socketClosed) options.log.info(`${options.label}: connection error: ${reason(error)}`);
+      // A TLS protocol error (a malformed record, a fatal alert) leaves Node's socket open.
+      socket.destroy();
     });
     socket.on('close', () => this.onSocketClosed());
     socket.on('finish', () => {
