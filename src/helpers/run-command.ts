@@ -15,11 +15,19 @@ export type CommandResult = { status: number } | { failed: string; status: 126 |
  */
 export function runCommand(command: string, args: string[], env: NodeJS.ProcessEnv): Promise<CommandResult> {
   return new Promise((resolve) => {
-    const child = spawn(command, args, { stdio: 'inherit', env });
+    // Handlers go in before the spawn: under load the command can run (and its peer signal us)
+    // before this process gets back from spawn(), and an unhandled SIGUSR1 would start Node's
+    // inspector instead of reaching the command.
+    let pending: NodeJS.Signals | undefined;
+    let started: ReturnType<typeof spawn> | undefined;
     const forward = (signal: NodeJS.Signals): void => {
-      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+      if (started === undefined) pending = signal;
+      else if (started.exitCode === null && started.signalCode === null) started.kill(signal);
     };
     for (const signal of forwardedSignals) process.on(signal, forward);
+    const child = spawn(command, args, { stdio: 'inherit', env });
+    started = child;
+    if (pending !== undefined) forward(pending);
     const done = (result: CommandResult): void => {
       for (const signal of forwardedSignals) process.off(signal, forward);
       resolve(result);
