@@ -3,6 +3,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import t from 'tap';
+import { eventually } from './lib/eventually.js';
 import { tempDir } from './lib/identity.js';
 import { runProgram } from './lib/run.js';
 import { bin, type Teardown } from './lib/tlsd.js';
@@ -72,6 +73,28 @@ function shell(t: Teardown, script: string, ...args: string[]): Running {
   return watchOutput(proc);
 }
 
+/**
+ * A reader of `out` as std2fifo(1) asks message-mode readers to be, like the IM client: each
+ * message ends with std2fifo's close, and the next reader is opened before the old one is dropped,
+ * so a message written meanwhile is never left without a reader. It prints the messages on stdout
+ * and the count of ends seen so far on stderr.
+ */
+function messageReader(t: Teardown, path: string): Running {
+  const script = `
+    const { openSync, constants } = require('node:fs');
+    const { Socket } = require('node:net');
+    let ends = 0;
+    const open = () => {
+      const socket = new Socket({ fd: openSync(process.argv[1], constants.O_RDONLY | constants.O_NONBLOCK), readable: true, writable: false });
+      socket.on('data', (chunk) => process.stdout.write(chunk));
+      socket.once('end', () => { ends++; process.stderr.write(ends + '\\n'); open(); socket.destroy(); });
+    };
+    open();`;
+  const proc = spawn(process.execPath, ['-e', script, path], { stdio: ['ignore', 'pipe', 'pipe'] });
+  t.teardown(() => void proc.kill('SIGKILL'));
+  return watchOutput(proc);
+}
+
 function killGroup(proc: ChildProcess): void {
   try {
     if (proc.pid !== undefined) process.kill(-proc.pid, 'SIGKILL');
@@ -129,13 +152,16 @@ t.test('message mode: many messages and writers, nothing lost or reordered', asy
   const dir = join(root, name);
   const s2f = startStd2fifo(t, [root], { SHA256: name });
   await appears(join(dir, 'out'));
-  // A reader that reopens out after each message, as a local chat client would.
-  const reader = shell(t, 'while :; do cat "$1" || exit 1; done', join(dir, 'out'));
+  const reader = messageReader(t, join(dir, 'out'));
   const sent: string[] = [];
   for (let i = 0; i < 100; i++) {
     const message = `message ${i} ${'x'.repeat(i * 37)}\n`;
     sent.push(message);
     s2f.proc.stdin?.write(message);
+    if (i === 0) {
+      await reader.stdoutLength(message.length);
+      t.ok(await eventually(() => reader.stderr().startsWith('1\n'), 10_000), 'the reader sees the end of the first message');
+    }
     if (i % 10 === 0) await new Promise((resolve) => setTimeout(resolve, 20));
   }
   const expected = sent.join('');
@@ -146,7 +172,7 @@ t.test('message mode: many messages and writers, nothing lost or reordered', asy
   t.equal((await s2f.stdoutLength(inbound.length)).toString(), inbound);
   s2f.proc.stdin?.end();
   t.equal(await s2f.exited, 0);
-  killGroup(reader.proc);
+  reader.proc.kill('SIGKILL');
 });
 
 t.test('continuous mode (-c): 1 MiB each way, intact', async (t) => {

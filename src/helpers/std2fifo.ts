@@ -36,14 +36,7 @@ export async function std2fifo(options: Std2fifoOptions): Promise<number> {
         await writeChunk(writer, chunk);
         continue;
       }
-      const message = await openFifoWriter(paths.out);
-      try {
-        await writeChunk(message, chunk);
-      } catch (error) {
-        log.warning(`${paths.out}: ${reason(error)}; a message of ${chunk.length} bytes was not delivered`);
-      } finally {
-        message.destroy();
-      }
+      await deliverMessage(paths.out, chunk, log);
     }
   } catch (error) {
     log.error(`${paths.out}: ${reason(error)}`);
@@ -55,6 +48,33 @@ export async function std2fifo(options: Std2fifoOptions): Promise<number> {
   await inbound.flushed();
   return status;
 }
+
+/**
+ * Writes one message on its own opening of `out`. A reader that has just seen the end of the
+ * previous message may still hold `out` when we open it and close it before reading: the write
+ * then fails with EPIPE and no byte of it was read, so the message is sent again to the next
+ * reader. (What such a reader cannot make fail is a write that lands in the pipe before it closes;
+ * readers avoid that by keeping `out` open across messages, see std2fifo(1).)
+ */
+async function deliverMessage(path: string, chunk: Buffer, log: Logger): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
+    const message = await openFifoWriter(path);
+    try {
+      await writeChunk(message, chunk);
+      return;
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code !== 'EPIPE' || attempt === MESSAGE_ATTEMPTS) {
+        log.warning(`${path}: ${reason(error)}; a message of ${chunk.length} bytes was not delivered`);
+        return;
+      }
+    } finally {
+      message.destroy();
+    }
+  }
+}
+
+const MESSAGE_ATTEMPTS = 3;
 
 /** The `in` FIFO to `output`, with backpressure, reopened after each end in message mode. */
 class Inbound {

@@ -242,15 +242,7 @@ export async function status(tlsd: SoakTlsd): Promise<{ peers: number; handshake
   return { peers, handshakes: Number(last[2]), lines };
 }
 
-/** Polls `condition` every 50 ms for at most `ms`; resolves with whether it came true. */
-export async function eventually(condition: () => boolean, ms: number): Promise<boolean> {
-  const deadline = Date.now() + ms;
-  while (!condition()) {
-    if (Date.now() > deadline) return false;
-    await sleep(50);
-  }
-  return true;
-}
+export { eventually } from '../eventually.js';
 
 /** Every process below `root` (children, grandchildren …), from one pass over /proc. */
 export function descendants(root: number): number[] {
