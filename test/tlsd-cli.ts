@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { chmodSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer, type AddressInfo, type Server } from 'node:net';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
@@ -111,16 +111,22 @@ t.test('bad start-up input: one line, exit 1, never listening', async (t) => {
   });
 
   t.test('a key file of mode 000', async (t) => {
-    const locked = join(dir, 'locked-key.pem');
+    // A directory nobody can enter and a certificate nobody can read: only the key's mode stops tlsd.
+    const open = join(dir, 'open');
+    mkdirSync(open, { mode: 0o755 });
+    chmodSync(dir, 0o711);
+    const cert = join(open, 'cert.pem');
+    writeFileSync(cert, readFileSync(server.cert), { mode: 0o644 });
+    const locked = join(open, 'locked-key.pem');
     writeFileSync(locked, readFileSync(server.key));
     chmodSync(locked, 0o000);
     // Root reads mode 000 files, so as root tlsd runs as nobody, and without tap's NODE_OPTIONS
     // hooks (tap adds them to every spawn; they would fail writing tap's root-owned files).
     const result =
       process.getuid?.() === 0
-        ? spawnSync('env', ['-u', 'NODE_OPTIONS', process.execPath, bin('tlsd'), '-k', locked, '-c', server.cert, 'cat'], { uid: 65534, gid: 65534, encoding: 'utf8', timeout: 10_000, env: { ...process.env, TLSD_SYSLOG_SOCKET: '/nonexistent/tlsd-test-log' } })
+        ? spawnSync('env', ['-u', 'NODE_OPTIONS', process.execPath, bin('tlsd'), '-k', locked, '-c', cert, 'cat'], { uid: 65534, gid: 65534, encoding: 'utf8', timeout: 10_000, env: { ...process.env, TLSD_SYSLOG_SOCKET: '/nonexistent/tlsd-test-log' } })
         : undefined;
-    const run = result ? { status: result.status, signal: result.signal, stdout: result.stdout, stderr: result.stderr } : await tlsd(['-k', locked, '-c', server.cert, 'cat']);
+    const run = result ? { status: result.status, signal: result.signal, stdout: result.stdout, stderr: result.stderr } : await tlsd(['-k', locked, '-c', cert, 'cat']);
     startFailure(t, run, new RegExp(`^tlsd: Cannot read key file ${escape(locked)}: permission denied \\(EACCES\\)$`));
   });
 

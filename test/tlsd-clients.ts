@@ -132,6 +132,25 @@ t.test('two tlsd: one dials a "host port" line from its stdin, the other accepts
   });
 });
 
+t.test('TCP keepalive is on, a minute after silence, on accepted and dialed connections', async (t) => {
+  const acceptor = await startTlsd(t, { identity: server, command: ['cat'], env: quietSyslog });
+  const dialing = await startTlsd(t, { identity: dialer, stdin: 'pipe', command: ['cat'], env: quietSyslog });
+  dialing.proc.stdin!.write(`127.0.0.1 ${acceptor.port}\n`);
+  await acceptor.waitFor(/connected as SERVER/);
+  await dialing.waitFor(/connected as CLIENT/);
+  // Both ends are tlsd's: the acceptor's socket has the port as source, the dialer's as destination.
+  const port = acceptor.port;
+  const established = (): string[] => execFileSync('ss', ['-tnoH', 'state', 'established', `( sport = :${port} or dport = :${port} )`], { encoding: 'utf8' }).trim().split('\n');
+  // While a segment waits for its ACK, ss shows that timer instead: wait for the quiet.
+  let lines = established();
+  for (let i = 0; i < 50 && !lines.every((line) => line.includes('keepalive')); i++) {
+    await sleep(100);
+    lines = established();
+  }
+  t.equal(lines.length, 2, `one connection, seen from both ends: ${lines.join(' | ')}`);
+  for (const line of lines) t.match(line, /timer:\(keepalive,(?:[1-5]?\d(?:\.\d+)?sec|1min)/, `keepalive timer at most a minute away: ${line.replace(/\s+/g, ' ')}`);
+});
+
 t.test('-n: a peer without a certificate is served, without SHA256', async (t) => {
   const showIdentity = ['sh', '-c', 'echo "$SIDE ${SHA256-unset}"'];
   // tlsd's own SHA256 must never reach a child as if it were the peer's.

@@ -4,6 +4,7 @@ import { connect, type ConnectionOptions, type SecureContext, type TLSSocket } f
 import type { DialTarget } from './dial-line.js';
 import type { ProxyAddress } from './proxy.js';
 import { connectThroughProxy } from './socks5.js';
+import { tuneTcp } from './tcp-tuning.js';
 
 /**
  * Opens a TLS connection presenting our certificate. Resolves once the handshake is done; rejects
@@ -14,7 +15,7 @@ export async function dial(target: DialTarget, context: SecureContext, timeoutMs
   if (!proxy) return handshake(target, context, timeoutMs);
   const started = Date.now();
   const tunnel = await connectThroughProxy(proxy, target.host, target.port, timeoutMs);
-  tunnel.setNoDelay(true);
+  tuneTcp(tunnel);
   return handshake(target, context, timeoutMs, { tunnel: new HalfCloseByTls(tunnel), elapsedMs: Date.now() - started });
 }
 
@@ -32,7 +33,7 @@ function handshake(target: DialTarget, context: SecureContext, timeoutMs: number
       allowHalfOpen: true,
     };
     const socket = connect(options);
-    if (!proxied) socket.setNoDelay(true);
+    if (!proxied) tuneTcp(socket);
     const timer = setTimeout(() => socket.destroy(new Error(`no TLS handshake within ${timeoutMs / 1000} s`)), Math.max(1, timeoutMs - (proxied?.elapsedMs ?? 0)));
     const fail = (error: Error): void => {
       clearTimeout(timer);

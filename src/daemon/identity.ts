@@ -42,11 +42,11 @@ export interface IdentityFiles {
 
 /** Reads and checks key and certificate (and CA bundle); any problem is one IdentityError naming the file. */
 export async function loadIdentity({ keyFile, certFile, caFile }: IdentityFiles): Promise<Identity> {
-  const [key, cert, ca] = await Promise.all([
-    readCredential(keyFile, 'key'),
-    readCredential(certFile, 'certificate'),
-    caFile === undefined ? undefined : readCredential(caFile, 'CA'),
-  ]);
+  // One after another, so that when several files are unreadable the error names the same one
+  // every time.
+  const key = await readCredential(keyFile, 'key');
+  const cert = await readCredential(certFile, 'certificate');
+  const ca = caFile === undefined ? undefined : await readCredential(caFile, 'CA');
   if (ca && caFile) checkBundle(ca, caFile);
   let leaf: X509Certificate;
   try {

@@ -4,6 +4,7 @@ import { createServer as createTlsServer, type SecureContextOptions, type Server
 import type { Logger } from '../logger.js';
 import { reason } from '../reason.js';
 import { tcpSocketOf } from '../os/tcp-probe.js';
+import { TCP_TUNING } from './tcp-tuning.js';
 
 export interface ListenerOptions {
   host: string;
@@ -59,7 +60,7 @@ export class Listener {
       // Node leaves a failed socket open when this event has a listener: close it, or it leaks.
       socket.destroy();
     });
-    this.tcp = (options.activated ?? [undefined]).map(() => createNetServer({ noDelay: true }, (socket) => this.accept(socket)));
+    this.tcp = (options.activated ?? [undefined]).map(() => createNetServer(TCP_TUNING, (socket) => this.accept(socket)));
   }
 
   get pendingHandshakes(): number {
