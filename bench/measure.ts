@@ -5,7 +5,7 @@
 import { Generator } from './generator.js';
 import type { RateResult, StreamResult } from './loads.js';
 import type { BenchOptions } from './options.js';
-import { cpuTimes, groupPssKiB, rssKiB } from './proc.js';
+import { daemonCpuTimes, daemonRssKiB, groupPssKiB } from './proc.js';
 import { RunningServer, type Child, type Files, type ServerSpec } from './servers.js';
 
 /** One figure of one round: a number, a note (a status such as "deadlock", or a qualifier), or both. */
@@ -65,10 +65,10 @@ export async function measureServer(spec: ServerSpec, options: BenchOptions, fil
         generator.request<RateResult>({ op: 'rate', ...port(server), count, inFlight, timeoutMs, capMs: rateCap(count), maxFailures }, rateCap(count) + 30_000);
       await rate(Math.min(100, options.connections), 8); // warm-up, not counted
       if (loads.has('rate')) {
-        const before = cpuTimes(server.pid);
+        const before = daemonCpuTimes(server.pid);
         const result = await rate(options.connections, options.inFlight);
         await sleep(500); // the last children are reaped
-        const after = cpuTimes(server.pid);
+        const after = daemonCpuTimes(server.pid);
         const note = failures(result);
         if (note) log(`  ${spec.name} rate: ${note}`);
         figures.rate = { n: result.perSecond, note: note && `${result.failed} failed` };
@@ -121,7 +121,7 @@ export async function measureServer(spec: ServerSpec, options: BenchOptions, fil
   if (loads.has('idle')) {
     await withServer(spec, 'echo', files, repo, async (server, generator) => {
       await sleep(300);
-      const rss0 = rssKiB(server.pid);
+      const rss0 = daemonRssKiB(server.pid);
       const pss0 = groupPssKiB(server.pid, 10_000);
       let held = 0;
       for (const level of options.idleLevels) {
@@ -133,7 +133,7 @@ export async function measureServer(spec: ServerSpec, options: BenchOptions, fil
         await sleep(1_000);
         const now = await generator.request<{ held: number; dropped: number }>({ op: 'held' }, 10_000);
         held = now.held;
-        const rss = rssKiB(server.pid);
+        const rss = daemonRssKiB(server.pid);
         const note = held < level ? `${held} held` : undefined;
         if (fill.failed > 0) log(`  ${spec.name} idle ${level}: ${fill.failed} failed (${Object.entries(fill.errors).map(([e, c]) => `${c} ${e}`).join(', ')}), ${held} held`);
         figures[`idle${level}`] = held > 0 ? { n: (rss - rss0) / held, note } : { note: 'none held' };
@@ -163,10 +163,10 @@ export async function profileTlsd(spec: ServerSpec, options: BenchOptions, files
     async (server, generator) => {
       const port = { port: server.port, tls: spec.tls };
       await generator.request<RateResult>({ op: 'rate', ...port, count: Math.min(100, options.connections), inFlight: 8, timeoutMs: 10_000, capMs: 60_000, maxFailures: 50 }, 90_000);
-      const before = cpuTimes(server.pid);
+      const before = daemonCpuTimes(server.pid);
       const result = await generator.request<RateResult>({ op: 'rate', ...port, count: options.connections, inFlight: options.inFlight, timeoutMs: 10_000, capMs: 120_000, maxFailures: 50 }, 150_000);
       await sleep(500);
-      cpuOwnMs = cpuTimes(server.pid).own - before.own;
+      cpuOwnMs = daemonCpuTimes(server.pid).own - before.own;
       done = result.done;
     },
     profileDir,

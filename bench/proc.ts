@@ -44,6 +44,39 @@ export function cpuTimes(pid: number): CpuTimes {
   };
 }
 
+/**
+ * The server's own processes: the server, and tlsd's spawn helper (a perl child that starts the
+ * sessions' children), whose CPU and memory are the daemon's as much as the main process's.
+ */
+export function daemonPids(pid: number): number[] {
+  const own = [pid];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      if (Number(statFields(Number(entry))[1]) === pid && readFileSync(`/proc/${entry}/comm`, 'utf8').trim() === 'perl') own.push(Number(entry));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return own;
+}
+
+/** cpuTimes summed over daemonPids. */
+export function daemonCpuTimes(pid: number): CpuTimes {
+  const total = { own: 0, children: 0 };
+  for (const member of daemonPids(pid)) {
+    const times = cpuTimes(member);
+    total.own += times.own;
+    total.children += times.children;
+  }
+  return total;
+}
+
+/** rssKiB summed over daemonPids. */
+export function daemonRssKiB(pid: number): number {
+  return daemonPids(pid).reduce((sum, member) => sum + rssKiB(member), 0);
+}
+
 /** Live process ids in one process group (the server and every child it started); zombies left out. */
 export function groupMembers(pgid: number): number[] {
   const members: number[] = [];

@@ -4,6 +4,8 @@ export type Severity = 'error' | 'warning' | 'notice' | 'info';
 
 const severityCode: Record<Severity, number> = { error: 3, warning: 4, notice: 5, info: 6 };
 const LOG_DAEMON = 3 << 3;
+const SYSLOG_RETRY_MS = 1_000;
+const STDERR_BATCH_MS = 10;
 const months = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'];
 
 export interface LoggerOptions {
@@ -23,6 +25,9 @@ export class Logger {
   private readonly syslog: UnixDatagramSender;
   private readonly ident: string;
   private readonly alwaysStderr: boolean;
+  private syslogRetryAt = 0;
+  private pending: string[] = [];
+  private exitHook = false;
 
   constructor(options: LoggerOptions) {
     this.ident = options.ident;
@@ -50,12 +55,41 @@ export class Logger {
 
   log(severity: Severity, message: string, stderr = this.alwaysStderr): void {
     const line = message.replace(/[\r\n]+/g, ' ');
-    const failed = this.syslog.send(Buffer.from(this.syslogRecord(severity, line)));
-    if (stderr || failed !== undefined) process.stderr.write(`${this.ident}: ${line}\n`);
+    let delivered = false;
+    if (Date.now() >= this.syslogRetryAt) {
+      delivered = this.syslog.send(Buffer.from(this.syslogRecord(severity, line))) === undefined;
+      // With no syslog (no /dev/log, nobody reading) every message would cost a failed send:
+      // messages go to stderr only, and syslog is tried again a second later.
+      if (!delivered) this.syslogRetryAt = Date.now() + SYSLOG_RETRY_MS;
+    }
+    if (stderr || !delivered) this.toStderr(`${this.ident}: ${line}\n`);
   }
 
   close(): void {
+    this.flush();
     this.syslog.close();
+  }
+
+  /**
+   * Lines logged within a few milliseconds reach stderr in one write: a busy daemon logs several
+   * lines per connection, and each write to a pipe wakes its reader. Same order; whatever is
+   * pending is written before exit.
+   */
+  private toStderr(text: string): void {
+    this.pending.push(text);
+    if (this.pending.length > 1) return;
+    setTimeout(() => this.flush(), STDERR_BATCH_MS);
+    if (!this.exitHook) {
+      this.exitHook = true;
+      process.once('exit', () => this.flush());
+    }
+  }
+
+  private flush(): void {
+    if (this.pending.length === 0) return;
+    const text = this.pending.join('');
+    this.pending = [];
+    process.stderr.write(text);
   }
 
   // The local syslog format glibc's syslog(3) writes to /dev/log.

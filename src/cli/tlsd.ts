@@ -6,6 +6,7 @@ import { Notifier, peerStatus } from '../daemon/notify.js';
 import { dropPrivileges, resolvePrivileges } from '../daemon/privileges.js';
 import { chooseProxy, parseProxyAddress, type ProxyAddress } from '../daemon/proxy.js';
 import { handleSignals } from '../daemon/signals.js';
+import { chooseSpawner } from '../daemon/spawn-helper.js';
 import { parseSignal } from '../daemon/signal-name.js';
 import { reason } from '../reason.js';
 import { createProgram, fail, integerIn, logOptions, startLogging, type LogChoices } from './program.js';
@@ -104,11 +105,12 @@ try {
     maxPerAddress: cli.maxPerIp,
     maxHandshakes: cli.maxHandshakes,
     handshakeTimeoutMs: cli.handshakeTimeout * 1000,
+    perl: chooseSpawner(process.env),
     dialInput: process.stdin,
     onPeerCount: (count) => notifier.status(peerStatus(count)),
+    beforeServing: () => dropPrivileges(becomes),
     log,
   });
-  dropPrivileges(becomes);
   handleSignals(daemon, notifier, (code) => process.exit(code));
   notifier.ready(peerStatus(0));
 } catch (error) {

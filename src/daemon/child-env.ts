@@ -34,10 +34,22 @@ export interface ChildConnection {
   serverName: string | undefined;
 }
 
-/** The child's environment: tlsd's own, minus any connection variable, plus this connection's. */
-export function childEnvironment(base: NodeJS.ProcessEnv, socket: TLSSocket, connection: ChildConnection): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = { ...base };
-  for (const name of CONNECTION_VARIABLES) delete env[name];
+export type Environment = Record<string, string>;
+
+/**
+ * What every child inherits: tlsd's environment without any connection variable. Taken once at
+ * start (tlsd never changes its environment), since reading process.env is slow.
+ */
+export function baseEnvironment(env: NodeJS.ProcessEnv): Environment {
+  const base: Environment = {};
+  for (const [name, value] of Object.entries(env)) if (value !== undefined) base[name] = value;
+  for (const name of CONNECTION_VARIABLES) delete base[name];
+  return base;
+}
+
+/** This connection's variables; a child's environment is the base environment plus these. */
+export function connectionEnvironment(socket: TLSSocket, connection: ChildConnection): Environment {
+  const env: Environment = {};
   const set = (name: (typeof CONNECTION_VARIABLES)[number], value: string | number | undefined): void => {
     if (value !== undefined && value !== '') env[name] = String(value);
   };

@@ -6,7 +6,8 @@ import { quote, type Logger } from '../logger.js';
 import { reason } from '../reason.js';
 import { AliasBook } from './alias-book.js';
 import { saveCertificate } from './cert-dir.js';
-import { childEnvironment, type Side } from './child-env.js';
+import { baseEnvironment, connectionEnvironment, type Side } from './child-env.js';
+import { nodeLaunch, type Launch } from './child-like.js';
 import { parseDialLine, type DialTarget } from './dial-line.js';
 import { dial } from './dialer.js';
 import { loadIdentity, type Identity } from './identity.js';
@@ -16,6 +17,7 @@ import { checkPeer, type Expectation, type TrustPolicy } from './peer-check.js';
 import { PeerTable } from './peer-table.js';
 import type { ProxyAddress } from './proxy.js';
 import { Session } from './session.js';
+import { SpawnHelper } from './spawn-helper.js';
 
 export interface DaemonOptions {
   keyFile: string;
@@ -45,6 +47,10 @@ export interface DaemonOptions {
   activated?: readonly number[];
   /** Told whenever the number of peers changes (systemd's STATUS=). */
   onPeerCount?: (count: number) => void;
+  /** perl for the spawn helper (see spawn-helper-script.ts); Node's spawn when undefined. */
+  perl?: string;
+  /** Called once bound and the key read, before serving: the CLI drops privileges here. */
+  beforeServing?: () => void;
   /** `host port` lines to dial; none when undefined. */
   dialInput: Readable | undefined;
   log: Logger;
@@ -60,8 +66,9 @@ const PROBE_INTERVAL_MS = 1_000;
 /** The tlsd core: listens, dials, and runs one session per peer within the limits. */
 export class Daemon {
   private readonly sessions = new Map<Session, PeerRow>();
-  /** What the child gets at descriptors 3, 4, … in place of activated sockets. */
-  private readonly coverFds: number[];
+  /** How children start: through the spawn helper when there is perl, else Node's spawn. */
+  private readonly launch: Launch;
+  private readonly spawner: SpawnHelper | undefined;
   private readonly peers: PeerTable;
   private readonly listener: Listener;
   private readonly trust: TrustPolicy;
@@ -75,7 +82,11 @@ export class Daemon {
   ) {
     this.trust = { requireCert: options.requireCert, verifyChain: options.caFile !== undefined, aliases };
     this.peers = new PeerTable(options.maxPeers);
-    this.coverFds = options.activated?.length ? options.activated.map(() => openSync('/dev/null', 'r')) : [];
+    // What children get at descriptors 3, 4, … in place of activated sockets.
+    const coverFds = options.activated?.length ? options.activated.map(() => openSync('/dev/null', 'r')) : [];
+    const base = baseEnvironment(process.env);
+    this.spawner = options.perl === undefined ? undefined : new SpawnHelper({ perl: options.perl, base, coverFds, log: options.log });
+    this.launch = this.spawner?.launch ?? nodeLaunch(base, coverFds);
     this.listener = new Listener({
       host: options.host,
       port: options.port,
@@ -101,10 +112,12 @@ export class Daemon {
     let addresses: AddressInfo[];
     try {
       addresses = await daemon.listener.listen();
+      options.beforeServing?.();
     } catch (error) {
       aliases?.close();
       throw error;
     }
+    await daemon.spawner?.ready();
     for (const address of addresses) options.log.notice(`Listening on ${address.address}, port ${address.port}`);
     options.log.info(`Our certificate's SHA256: ${identity.fingerprint}`);
     if (identity.exposure) options.log.warning(identity.exposure);
@@ -250,7 +263,7 @@ export class Daemon {
       return;
     }
     const serverName = side === 'SERVER' ? serverNameOf(socket) : expectation.host && isIP(expectation.host) === 0 ? expectation.host.replace(/\.$/, '') : undefined;
-    const env = childEnvironment(process.env, socket, { side, peer, serverName });
+    const env = connectionEnvironment(socket, { side, peer, serverName });
     const session = new Session(socket, {
       command: options.command,
       args: options.args,
@@ -258,7 +271,7 @@ export class Daemon {
       endSignal: options.endSignal,
       log,
       label: remote,
-      coverFds: this.coverFds,
+      launch: this.launch,
     });
     this.sessions.set(session, { side, remote, sha256, alias: peer.alias });
     options.onPeerCount?.(this.sessions.size);

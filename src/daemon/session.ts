@@ -1,23 +1,22 @@
-import { spawn, type ChildProcess } from 'node:child_process';
 import type { TLSSocket } from 'node:tls';
 import type { Logger } from '../logger.js';
 import { reason } from '../reason.js';
 import { connectionLost, descriptorOf } from '../os/tcp-probe.js';
+import type { Environment } from './child-env.js';
+import type { ChildLike, Launch } from './child-like.js';
 
 export interface SessionOptions {
   command: string;
   args: readonly string[];
-  env: NodeJS.ProcessEnv;
+  /** This connection's variables, added to the launcher's base environment. */
+  env: Environment;
   /** Sent to the child when its connection ends (-s); none by default: EOF on stdin says it. */
   endSignal: NodeJS.Signals | undefined;
   log: Logger;
   /** Names the peer in log lines, e.g. `127.0.0.1:40312`. */
   label: string;
-  /**
-   * Descriptors the child gets at 3, 4, … in place of what it would inherit there: systemd's
-   * activated sockets have no close-on-exec flag, and Node cannot set one, so they are covered.
-   */
-  coverFds?: readonly number[];
+  /** How the child is started: Node's spawn, or the spawn helper. */
+  launch: Launch;
 }
 
 /**
@@ -35,8 +34,10 @@ const SHUTDOWN_LINGER_MS = 1_000;
  */
 export class Session {
   readonly done: Promise<void>;
-  private child: ChildProcess | undefined;
+  private child: ChildLike | undefined;
   private childRunning = false;
+  /** Launched, but not yet running or failed: the session waits for it either way. */
+  private childStarting = false;
   private socketClosed = false;
   private childGone = false;
   private outputFlushed = false;
@@ -79,32 +80,53 @@ export class Session {
       this.lingerIfDone();
     });
 
-    let child: ChildProcess;
+    let child: ChildLike;
     try {
-      child = spawn(options.command, options.args, { stdio: ['pipe', 'pipe', 'inherit', ...(options.coverFds ?? [])], env: options.env });
+      child = options.launch({ command: options.command, args: options.args, env: options.env });
     } catch (error) {
       this.onSpawnFailed(error);
       return;
     }
     this.child = child;
-    child.on('error', (error) => (child.pid === undefined ? this.onSpawnFailed(error) : options.log.warning(`${options.label}: child ${child.pid}: ${reason(error)}`)));
-    if (child.pid === undefined) return; // spawn failed; 'error' follows
-    this.childRunning = true;
-    options.log.info(`${options.label}: started child ${child.pid}`);
-
-    const stdin = child.stdin!;
-    const stdout = child.stdout!;
-    // A child that exits without reading its input must not cost the peer the output it made:
-    // from then on the peer's data is read and dropped.
-    stdin.on('error', () => this.discardInput());
-    socket.pipe(stdin);
-    stdout.pipe(socket);
+    this.childStarting = true;
+    child.on('error', (error) => {
+      if (!this.childStarting) {
+        options.log.warning(`${options.label}: child ${child.pid}: ${reason(error)}`);
+        return;
+      }
+      this.childStarting = false;
+      this.onSpawnFailed(error);
+    });
+    child.on('spawn', () => {
+      this.childStarting = false;
+      this.onSpawned(child);
+    });
     child.on('exit', (code, signal) => {
       this.childRunning = false;
       options.log.info(`${options.label}: child ${child.pid} ${describeExit(code, signal)}`);
       if (this.socketClosed) this.releaseChild();
     });
     child.on('close', () => this.onChildGone());
+  }
+
+  private onSpawned(child: ChildLike): void {
+    const { socket, options } = this;
+    this.childRunning = true;
+    options.log.info(`${options.label}: started child ${child.pid}`);
+    const stdin = child.stdin!;
+    const stdout = child.stdout!;
+    // A child that exits without reading its input must not cost the peer the output it made:
+    // from then on the peer's data is read and dropped.
+    stdin.on('error', () => this.discardInput());
+    if (this.socketClosed) {
+      // The peer left while the child was starting: it gets EOF (and -s) at once.
+      stdout.resume();
+      this.endChildInput();
+      this.signalChild();
+      return;
+    }
+    socket.pipe(stdin);
+    stdout.pipe(socket);
   }
 
   /**
@@ -153,7 +175,7 @@ export class Session {
     }
     this.endChildInput();
     this.signalChild();
-    if (!this.childRunning) this.releaseChild();
+    if (!this.childRunning && !this.childStarting) this.releaseChild();
     this.finishIfDone();
   }
 

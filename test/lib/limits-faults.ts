@@ -2,6 +2,7 @@ import { readdirSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
 import { connect as netConnect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { isSpawnHelperCommandLine } from '../../src/daemon/spawn-helper.js';
 import { makeIdentity, tempDir, type TestIdentity } from './identity.js';
 import type { RunningTlsd, Teardown } from './tlsd.js';
 
@@ -104,7 +105,17 @@ export function childrenOf(parent: number): ProcessEntry[] {
     const [state, ppid] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
     if (Number(ppid) === parent) found.push({ pid: Number(name), state: state! });
   }
-  return found;
+  // tlsd's spawn helper is not a session's child; the children it started for tlsd are.
+  return found.flatMap((child) => (isSpawnHelper(child.pid) ? childrenOf(child.pid) : [child]));
+}
+
+/** tlsd's spawn helper: perl, started with the helper's socket name (src/daemon/spawn-helper.ts). */
+export function isSpawnHelper(pid: number): boolean {
+  try {
+    return isSpawnHelperCommandLine(readFileSync(`/proc/${pid}/cmdline`, 'latin1').split('\0'));
+  } catch {
+    return false;
+  }
 }
 
 /** A process's open descriptors and what each points at, as `ls -l /proc/PID/fd` shows them. */

@@ -1,0 +1,111 @@
+import { EventEmitter } from 'node:events';
+import type { Socket } from 'node:net';
+import type { ChildLike } from './child-like.js';
+
+/**
+ * If the helper reports an exit while a stdio connection is still missing, the connection may
+ * still sit in the accept queue; after this long it was lost (tlsd out of descriptors).
+ */
+const STDIO_GRACE_MS = 2_000;
+/** A started child whose stdio never arrives is killed after this long. */
+const STDIO_TIMEOUT_MS = 10_000;
+
+/**
+ * A child started by the spawn helper. Its pid, its two stdio connections and its exit arrive
+ * separately and in any order; they are put back in the order a ChildProcess reports them:
+ * 'spawn' (pid, stdin and stdout all there), then 'exit', then 'close'.
+ */
+export class RemoteChild extends EventEmitter implements ChildLike {
+  pid: number | undefined;
+  stdin: Socket | null = null;
+  stdout: Socket | null = null;
+  private input: Socket | undefined;
+  private output: Socket | undefined;
+  private spawned = false;
+  private failed = false;
+  private exit: { code: number | null; signal: NodeJS.Signals | null } | undefined;
+  private stdioTimer: NodeJS.Timeout | undefined;
+  private openStreams = 2;
+
+  constructor(
+    readonly id: number,
+    readonly token: string,
+    readonly command: string,
+    private readonly sendKill: (child: RemoteChild, signal: NodeJS.Signals) => void,
+  ) {
+    super();
+  }
+
+  kill(signal: NodeJS.Signals): boolean {
+    if (this.pid === undefined || this.exit || this.failed) return false;
+    this.sendKill(this, signal);
+    return true;
+  }
+
+  /** One of the two connections, header already read: `i` is the child's stdin, `o` its stdout. */
+  attach(which: 'i' | 'o', socket: Socket): void {
+    if (this.failed || (which === 'i' ? this.input : this.output)) {
+      socket.destroy();
+      return;
+    }
+    if (which === 'i') this.input = socket;
+    else this.output = socket;
+    this.maybeSpawned();
+  }
+
+  started(pid: number): void {
+    this.pid = pid;
+    this.stdioTimer = setTimeout(() => {
+      this.kill('SIGKILL');
+      this.fail(new Error('its standard input and output never connected'));
+    }, STDIO_TIMEOUT_MS);
+    this.stdioTimer.unref();
+    this.maybeSpawned();
+  }
+
+  exited(code: number | null, signal: NodeJS.Signals | null): void {
+    if (this.exit || this.failed) return;
+    this.exit = { code, signal };
+    if (this.spawned) this.reportExit();
+    else {
+      clearTimeout(this.stdioTimer);
+      setTimeout(() => {
+        if (!this.spawned) this.fail(new Error('its standard input and output never connected (out of file descriptors?)'));
+      }, STDIO_GRACE_MS).unref();
+    }
+  }
+
+  /** Could not start, or lost before it was wired: 'error' and nothing else, as spawn does. */
+  fail(error: Error): void {
+    if (this.spawned || this.failed) return;
+    this.failed = true;
+    clearTimeout(this.stdioTimer);
+    this.input?.destroy();
+    this.output?.destroy();
+    this.emit('error', error);
+  }
+
+  private maybeSpawned(): void {
+    if (this.spawned || this.failed || this.pid === undefined || !this.input || !this.output) return;
+    this.spawned = true;
+    clearTimeout(this.stdioTimer);
+    this.stdin = this.input;
+    this.stdout = this.output;
+    // Whatever a child writes to its stdin is dropped, and reading lets us see its end.
+    this.stdin.resume();
+    for (const stream of [this.stdin, this.stdout]) stream.once('close', () => this.streamClosed());
+    this.emit('spawn');
+    if (this.exit) this.reportExit();
+  }
+
+  private reportExit(): void {
+    const { code, signal } = this.exit!;
+    this.emit('exit', code, signal);
+    if (this.openStreams === 0) this.emit('close');
+  }
+
+  private streamClosed(): void {
+    this.openStreams--;
+    if (this.openStreams === 0 && this.exit) this.emit('close');
+  }
+}

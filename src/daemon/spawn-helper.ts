@@ -1,0 +1,214 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { accessSync, constants as fsConstants } from 'node:fs';
+import { createServer, type Server, type Socket } from 'node:net';
+import { constants } from 'node:os';
+import { delimiter, join } from 'node:path';
+import { createInterface } from 'node:readline';
+import type { Logger } from '../logger.js';
+import { reason } from '../reason.js';
+import { errnoName } from '../os/errno.js';
+import type { Environment } from './child-env.js';
+import { nodeLaunch, type ChildLike, type Launch, type LaunchRequest } from './child-like.js';
+import { RemoteChild } from './remote-child.js';
+import { SPAWN_HELPER_SCRIPT } from './spawn-helper-script.js';
+
+const ADDRESS_PREFIX = 'tlsd-spawn-';
+const HEADER_BYTES = 34; // 32 hex digits of token, `i` or `o`, newline
+const HEADER_TIMEOUT_MS = 5_000;
+const signalNames = new Map<number, NodeJS.Signals>(Object.entries(constants.signals).map(([name, value]) => [value, name as NodeJS.Signals]));
+
+export interface SpawnHelperOptions {
+  perl: string;
+  /** The helper's own environment, which each child gets with its connection's variables added. */
+  base: Environment;
+  /** What the helper (and so every child) gets at descriptors 3, 4, …; see nodeLaunch. */
+  coverFds: readonly number[];
+  log: Logger;
+}
+
+/**
+ * Starts children through the spawn helper (see spawn-helper-script.ts). The helper and the Unix
+ * socket its children's stdio connects to are made on first use, so after tlsd has dropped its
+ * privileges; if the helper dies, the next child starts a new one.
+ */
+export class SpawnHelper {
+  private helper: ChildProcess | undefined;
+  private server: Server | undefined;
+  private starting: Promise<void> | undefined;
+  private readonly byId = new Map<number, RemoteChild>();
+  private readonly byToken = new Map<string, RemoteChild>();
+  private nextId = 1;
+  /** Node's spawn, once the helper could not be started. */
+  private fallback: Launch | undefined;
+
+  constructor(private readonly options: SpawnHelperOptions) {}
+
+  /**
+   * Starts the helper now (tlsd calls it once it has dropped its privileges, before serving);
+   * resolves when it is ready, or when tlsd has fallen back to Node's spawn.
+   */
+  async ready(): Promise<void> {
+    await this.begin().catch(() => {});
+  }
+
+  launch = (request: LaunchRequest): ChildLike => {
+    if (this.fallback) return this.fallback(request);
+    const child = new RemoteChild(this.nextId++, randomBytes(16).toString('hex'), request.command, (target, signal) => this.kill(target, signal));
+    this.byId.set(child.id, child);
+    this.byToken.set(child.token, child);
+    const forget = (): void => {
+      this.byId.delete(child.id);
+      this.byToken.delete(child.token);
+    };
+    child.once('error', forget);
+    child.once('close', forget);
+    this.begin().then(
+      () => this.request(child, request),
+      (error: unknown) => child.fail(error instanceof Error ? error : new Error(String(error))),
+    );
+    return child;
+  };
+
+  private begin(): Promise<void> {
+    this.starting ??= this.start().catch((error: unknown) => {
+      this.options.log.error(`Cannot start the spawn helper (${this.options.perl}): ${reason(error)}; children start with Node's spawn`);
+      this.fallback = nodeLaunch(this.options.base, this.options.coverFds);
+      throw error;
+    });
+    return this.starting;
+  }
+
+  private request(child: RemoteChild, { command, args, env }: LaunchRequest): void {
+    const argv = [command, ...args];
+    const environment = Object.entries(env).map(([name, value]) => `${name}=${value}`);
+    const fields = [...argv, ...environment];
+    if (fields.some((field) => field.includes('\0'))) {
+      child.fail(Object.assign(new Error(`spawn ${command} EINVAL`), { code: 'EINVAL' }));
+      return;
+    }
+    const body = Buffer.from(fields.map((field) => `${field}\0`).join(''));
+    const header = Buffer.from(`S ${child.id} ${child.token} ${argv.length} ${environment.length} ${body.length}\n`);
+    this.helper?.stdin?.write(Buffer.concat([header, body]));
+  }
+
+  private kill(child: RemoteChild, signal: NodeJS.Signals): void {
+    this.helper?.stdin?.write(`K ${child.id} ${constants.signals[signal]}\n`);
+  }
+
+  private async start(): Promise<void> {
+    const address = `${ADDRESS_PREFIX}${process.pid}-${randomBytes(8).toString('hex')}`;
+    const server = createServer((socket) => this.accept(socket));
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(`\0${address}`, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    server.on('error', (error) => this.options.log.error(`spawn helper socket: ${reason(error)}`));
+    server.unref();
+    this.server = server;
+    const helper = spawn(this.options.perl, ['-e', SPAWN_HELPER_SCRIPT, address], { stdio: ['pipe', 'pipe', 'inherit', ...this.options.coverFds], env: this.options.base });
+    await new Promise<void>((resolve, reject) => {
+      helper.once('error', reject);
+      helper.once('spawn', () => {
+        helper.off('error', reject);
+        resolve();
+      });
+    });
+    helper.stdin?.on('error', () => {}); // its exit is reported below
+    const lines = createInterface({ input: helper.stdout! });
+    await new Promise<void>((resolve, reject) => {
+      const early = (code: number | null, signal: NodeJS.Signals | null): void => reject(new Error(`it ${signal ? `was killed by signal ${signal}` : `exited with status ${code}`} before it was ready`));
+      helper.once('exit', early);
+      lines.once('line', (line) => {
+        helper.off('exit', early);
+        if (line === 'R') resolve();
+        else reject(new Error(`it said ${JSON.stringify(line)} instead of being ready`));
+      });
+    });
+    this.helper = helper;
+    helper.unref();
+    for (const stream of [helper.stdin, helper.stdout]) (stream as unknown as Socket | null)?.unref();
+    lines.on('line', (line) => this.report(line));
+    helper.once('exit', (code, signal) => this.helperGone(helper, code, signal));
+  }
+
+  private report(line: string): void {
+    const [kind, id, first, second] = line.split(' ');
+    const child = this.byId.get(Number(id));
+    if (!child) return;
+    if (kind === 'P') child.started(Number(first));
+    else if (kind === 'E') {
+      // As Node words it: "spawn nosuch ENOENT".
+      const code = errnoName(Number(first)) ?? `errno ${first}`;
+      child.fail(Object.assign(new Error(`spawn ${child.command} ${code}`), { code }));
+    } else if (kind === 'X') {
+      child.exited(first === '-' ? null : Number(first), second === '-' ? null : (signalNames.get(Number(second)) ?? null));
+    }
+  }
+
+  private accept(socket: Socket): void {
+    socket.on('error', () => socket.destroy());
+    const timer = setTimeout(() => socket.destroy(), HEADER_TIMEOUT_MS);
+    let header = Buffer.alloc(0);
+    const onData = (chunk: Buffer): void => {
+      header = Buffer.concat([header, chunk]);
+      if (header.length < HEADER_BYTES) return;
+      clearTimeout(timer);
+      socket.off('data', onData);
+      socket.pause();
+      const rest = header.subarray(HEADER_BYTES);
+      if (rest.length > 0) socket.unshift(rest);
+      const text = header.subarray(0, HEADER_BYTES).toString('latin1');
+      const child = this.byToken.get(text.slice(0, 32));
+      const which = text[32];
+      if (!child || text[33] !== '\n' || (which !== 'i' && which !== 'o')) socket.destroy();
+      else child.attach(which, socket);
+    };
+    socket.on('data', onData);
+  }
+
+  private helperGone(helper: ChildProcess, code: number | null, signal: NodeJS.Signals | null): void {
+    if (this.helper !== helper) return;
+    this.helper = undefined;
+    this.starting = undefined;
+    this.server?.close();
+    this.server = undefined;
+    if (this.byId.size > 0) this.options.log.error(`spawn helper ${signal ? `killed by signal ${signal}` : `exited with status ${code}`}; the exit status of ${this.byId.size} children is lost`);
+    for (const child of this.byId.values()) {
+      child.fail(new Error('the spawn helper exited'));
+      child.exited(null, null);
+    }
+  }
+}
+
+/**
+ * The perl to run the spawn helper with, or undefined for Node's own spawn: when
+ * `TLSD_SPAWNER=node`, when there is no perl on PATH, and off Linux (the helper's socket lives in
+ * Linux's abstract namespace).
+ */
+export function chooseSpawner(env: NodeJS.ProcessEnv): string | undefined {
+  if (env.TLSD_SPAWNER === 'node' || process.platform !== 'linux') return undefined;
+  return findPerl(env.PATH);
+}
+
+function findPerl(path: string | undefined): string | undefined {
+  for (const dir of (path ?? '/usr/bin:/bin').split(delimiter)) {
+    if (dir === '') continue;
+    const candidate = join(dir, 'perl');
+    try {
+      accessSync(candidate, fsConstants.X_OK);
+      return candidate;
+    } catch {
+      // not here
+    }
+  }
+  return undefined;
+}
+
+/** Whether a command line (from /proc/PID/cmdline) is a spawn helper's: for tools that measure tlsd. */
+export function isSpawnHelperCommandLine(argv: readonly string[]): boolean {
+  return /(^|\/)perl$/.test(argv[0] ?? '') && argv[1] === '-e' && new RegExp(`^${ADDRESS_PREFIX}\\d+-[0-9a-f]+$`).test(argv[3] ?? '');
+}

@@ -1,0 +1,82 @@
+import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import t, { type Test } from 'tap';
+import { connectTls, exchange, readAll } from './lib/client.js';
+import { cast, isSpawnHelper, quietSyslog, waitUntil } from './lib/limits-faults.js';
+import { keyValues } from './lib/text.js';
+import { startTlsd } from './lib/tlsd.js';
+
+const { server, alice } = cast(t);
+
+/** The child reports who started it, its signal state and environment, then echoes after EOF. */
+const REPORT = ['sh', '-c', 'echo "ppid=$PPID"; grep -E "^(SigIgn|SigBlk):" /proc/$$/status | tr -d "\\t" | tr ":" "="; echo "side=$SIDE"; echo "sha=$SHA256"; echo "extra=$TLSD_TEST_EXTRA"; echo "input=$(cat)"'];
+
+function parentOf(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+}
+
+const perl = ((): boolean => {
+  try {
+    execFileSync('sh', ['-c', 'command -v perl'], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+})();
+
+async function sameBehaviour(t: Test, env: NodeJS.ProcessEnv, throughHelper: boolean): Promise<void> {
+  const tlsd = await startTlsd(t, { identity: server, command: REPORT, env: { ...quietSyslog, TLSD_TEST_EXTRA: 'kept', ...env } });
+  const reply = Object.fromEntries(keyValues(await exchange(tlsd.port, alice, 'after EOF\n')));
+  t.equal(reply.side, 'SERVER');
+  t.equal(reply.sha, alice.fingerprint, 'SHA256 is the peer fingerprint');
+  t.equal(reply.extra, 'kept', "tlsd's own environment reaches the child");
+  t.equal(reply.input, 'after EOF', 'the child read to EOF and its reply still reached the peer');
+  t.equal(reply.SigIgn, '0000000000000000', 'no signal ignored in the child');
+  t.equal(reply.SigBlk, '0000000000000000', 'no signal blocked in the child');
+  await tlsd.waitFor(/child \d+ exited with status 0/);
+  const ppid = Number(reply.ppid);
+  if (throughHelper) {
+    t.ok(isSpawnHelper(ppid), `the child's parent ${ppid} is the spawn helper`);
+    t.equal(parentOf(ppid), tlsd.proc.pid, "and the helper is tlsd's child");
+  } else {
+    t.equal(ppid, tlsd.proc.pid, "the child's parent is tlsd itself (Node's spawn)");
+  }
+  const missing = await startTlsd(t, { identity: server, command: ['tlsd-test-no-such-command'], env: { ...quietSyslog, ...env } });
+  t.equal(await exchange(missing.port, alice, 'x\n'), '', 'a command that cannot start: the peer gets nothing');
+  await missing.waitFor(/cannot run "tlsd-test-no-such-command": spawn tlsd-test-no-such-command ENOENT$/m);
+  t.pass('and the log line names the command and ENOENT');
+}
+
+t.test('children start through the spawn helper (perl) by default', { skip: !perl && 'no perl here' }, async (t) => {
+  await sameBehaviour(t, {}, true);
+});
+
+t.test('TLSD_SPAWNER=node: Node spawns the children itself, with the same behaviour', async (t) => {
+  await sameBehaviour(t, { TLSD_SPAWNER: 'node' }, false);
+});
+
+t.test('without perl on PATH tlsd uses Node spawn', async (t) => {
+  const tlsd = await startTlsd(t, { identity: server, command: ['/bin/sh', '-c', 'echo "ppid=$PPID"'], env: { ...quietSyslog, PATH: '/nonexistent-tlsd-test' } });
+  const reply = Object.fromEntries(keyValues(await exchange(tlsd.port, alice, '')));
+  t.equal(Number(reply.ppid), tlsd.proc.pid);
+});
+
+t.test('a spawn helper that dies is logged and replaced; sessions it started still end', { skip: !perl && 'no perl here' }, async (t) => {
+  const tlsd = await startTlsd(t, { identity: server, command: ['sh', '-c', 'echo "ppid=$PPID"; cat'], env: quietSyslog });
+  const socket = await connectTls(tlsd.port, alice);
+  let heard = '';
+  socket.on('data', (chunk: Buffer) => (heard += chunk.toString()));
+  const reply = readAll(socket);
+  await waitUntil(() => /ppid=\d+\n/.test(heard), 'the child reports its parent', tlsd);
+  const helper = Number(/ppid=(\d+)/.exec(heard)?.[1]);
+  t.ok(isSpawnHelper(helper), 'the first helper');
+  process.kill(helper, 'SIGKILL');
+  await tlsd.waitFor(/spawn helper killed by signal SIGKILL; the exit status of 1 children is lost/);
+  t.pass('its death is logged');
+  socket.end();
+  await reply;
+  await waitUntil(() => /session ended/.test(tlsd.stderr()), 'the orphaned session ends once its child has', tlsd);
+  const next = Object.fromEntries(keyValues(await exchange(tlsd.port, alice, '')));
+  t.ok(isSpawnHelper(Number(next.ppid)) && Number(next.ppid) !== helper, 'the next child comes from a new helper');
+});
