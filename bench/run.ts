@@ -80,10 +80,10 @@ function report(options: BenchOptions, machine: Machine, specs: ServerSpec[], re
   lines.push('Notes on the columns:');
   for (const spec of specs) if (spec.note) lines.push(`- ${spec.name}: ${spec.note}.`);
   lines.push(
-    "- CPU per connection is the server process's own utime+stime from /proc/PID/stat over the rate run, divided by the connections; " +
+    "- CPU per connection is the server's own utime+stime from /proc/PID/stat over the rate run (for tlsd: the main process plus its spawn helper), divided by the connections; " +
       'children (cat, and the per-connection processes of forking servers) are excluded. The row "with reaped children" adds cutime+cstime, which covers every child the server has waited for.',
   );
-  lines.push('- Idle RSS per peer is (VmRSS with K peers − VmRSS before any) / K of the server process alone; "whole group PSS" counts every process of the server\'s process group (children included, shared pages split).');
+  lines.push('- Idle RSS per peer is (VmRSS with K peers − VmRSS before any) / K of the server process alone (tlsd: with its spawn helper); "whole group PSS" counts every process of the server\'s process group (children included, shared pages split).');
   lines.push('- "deadlock": no byte moved either way for the stall timeout while bytes were still owed; the run went on with the next load.');
   lines.push('');
   if (startup.length > 0) {

@@ -5,7 +5,6 @@ export type Severity = 'error' | 'warning' | 'notice' | 'info';
 const severityCode: Record<Severity, number> = { error: 3, warning: 4, notice: 5, info: 6 };
 const LOG_DAEMON = 3 << 3;
 const SYSLOG_RETRY_MS = 1_000;
-const STDERR_BATCH_MS = 10;
 const months = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'];
 
 export interface LoggerOptions {
@@ -71,14 +70,15 @@ export class Logger {
   }
 
   /**
-   * Lines logged within a few milliseconds reach stderr in one write: a busy daemon logs several
-   * lines per connection, and each write to a pipe wakes its reader. Same order; whatever is
-   * pending is written before exit.
+   * Lines logged in one turn of the event loop reach stderr in one write: a busy daemon logs
+   * several lines per connection, and each write to a pipe wakes its reader. Same order, and
+   * written before anything that needs I/O can follow (a timer would let a peer see a reply before
+   * the line that led to it); whatever is pending is written before exit.
    */
   private toStderr(text: string): void {
     this.pending.push(text);
     if (this.pending.length > 1) return;
-    setTimeout(() => this.flush(), STDERR_BATCH_MS);
+    setImmediate(() => this.flush());
     if (!this.exitHook) {
       this.exitHook = true;
       process.once('exit', () => this.flush());
