@@ -2,7 +2,7 @@ import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import t, { type Test } from 'tap';
 import { connectTls, exchange, readAll } from './lib/client.js';
-import { cast, isSpawnHelper, quietSyslog, waitUntil } from './lib/limits-faults.js';
+import { cast, isSpawnHelper, quietSyslog, waitUntil, withDeadline } from './lib/limits-faults.js';
 import { keyValues } from './lib/text.js';
 import { startTlsd } from './lib/tlsd.js';
 
@@ -42,6 +42,12 @@ async function sameBehaviour(t: Test, env: NodeJS.ProcessEnv, throughHelper: boo
   } else {
     t.equal(ppid, tlsd.proc.pid, "the child's parent is tlsd itself (Node's spawn)");
   }
+  // Children gone before they are wired: the peer's data is dropped and each connection ends.
+  const quick = await startTlsd(t, { identity: server, command: ['true'], env: { ...quietSyslog, ...env } });
+  const ends = await withDeadline(Promise.all(Array.from({ length: 24 }, () => exchange(quick.port, alice, Buffer.alloc(256 * 1024, 'p')))), 15_000, '24 peers of children that exit at once');
+  t.same(ends, Array(24).fill(''), 'every peer of a child that exits at once sees its connection end, though it sent 256 KiB');
+  await waitUntil(() => (quick.stderr().match(/: session ended/g) ?? []).length === 24, 'all 24 sessions end', quick);
+  t.notMatch(quick.stderr(), /connection lost/, 'tlsd read (and dropped) what they sent: none had to be found lost');
   const missing = await startTlsd(t, { identity: server, command: ['tlsd-test-no-such-command'], env: { ...quietSyslog, ...env } });
   t.equal(await exchange(missing.port, alice, 'x\n'), '', 'a command that cannot start: the peer gets nothing');
   await missing.waitFor(/cannot run "tlsd-test-no-such-command": spawn tlsd-test-no-such-command ENOENT$/m);

@@ -116,8 +116,10 @@ export class Session {
     const stdin = child.stdin!;
     const stdout = child.stdout!;
     // A child that exits without reading its input must not cost the peer the output it made:
-    // from then on the peer's data is read and dropped.
+    // from then on the peer's data is read and dropped. A stream that is already closed reports
+    // no write error at all (the helper's child may be gone before it is wired), hence 'close'.
     stdin.on('error', () => this.discardInput());
+    stdin.once('close', () => this.discardInput());
     if (this.socketClosed) {
       // The peer left while the child was starting: it gets EOF (and -s) at once.
       stdout.resume();
@@ -125,7 +127,8 @@ export class Session {
       this.signalChild();
       return;
     }
-    socket.pipe(stdin);
+    if (stdin.destroyed) this.discardInput();
+    else socket.pipe(stdin);
     stdout.pipe(socket);
   }
 
