@@ -87,9 +87,14 @@ export class SpawnHelper {
       child.fail(Object.assign(new Error(`spawn ${command} EINVAL`), { code: 'EINVAL' }));
       return;
     }
+    const stdin = this.helper?.stdin;
+    if (!stdin || stdin.destroyed) {
+      child.fail(new Error('the spawn helper is not running'));
+      return;
+    }
     const body = Buffer.from(fields.map((field) => `${field}\0`).join(''));
     const header = Buffer.from(`S ${child.id} ${child.token} ${argv.length} ${environment.length} ${body.length}\n`);
-    this.helper?.stdin?.write(Buffer.concat([header, body]));
+    stdin.write(Buffer.concat([header, body]));
   }
 
   private kill(child: RemoteChild, signal: NodeJS.Signals): void {
