@@ -1,4 +1,4 @@
-import { copyFileSync, existsSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { constants } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -239,6 +239,22 @@ t.test('syslog', async (t) => {
       },
     ],
   ];
+  t.test('a syslog socket that appears later is used again within a second', async (t) => {
+    // A symlink, so that the path tlsd was given can point at a socket made later.
+    const dir = tempDir();
+    const link = join(dir, 'log');
+    symlinkSync(join(dir, 'not-yet'), link);
+    const tlsd = spawnTlsd(t, ['-i', 'tlsd@later', '-b', '127.0.0.1', '-k', server.key, '-c', server.cert, '--', 'cat'], { TLSD_SYSLOG_SOCKET: link });
+    const port = Number((await tlsd.waitFor(/^tlsd@later: Listening on 127\.0\.0\.1, port (\d+)$/m))[1]);
+    const receiver = new NotifySocket(t);
+    rmSync(link);
+    symlinkSync(receiver.path, link);
+    await sleep(1_200);
+    t.equal(await exchange(port, alice, 'syslog is back\n'), 'syslog is back\n');
+    await receiver.waitFor((n) => /tlsd@later\[\d+\]: 127\.0\.0\.1:\d+: connected as SERVER/.test(n.text), 'the connection, through syslog again');
+    t.notMatch(tlsd.stderr(), /connected as SERVER/, 'and not on stderr');
+  });
+
   for (const [what, socketPath] of fallbacks) {
     t.test(`${what}: tlsd runs and logs to stderr instead`, async (t) => {
       const tlsd = spawnTlsd(t, ['-i', 'tlsd@nolog', '-b', '127.0.0.1', '-k', server.key, '-c', server.cert, '--', 'cat'], { TLSD_SYSLOG_SOCKET: socketPath() });

@@ -1,8 +1,10 @@
 import { execFileSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import { connectTls, exchange, readAll } from './lib/client.js';
-import { cast, isSpawnHelper, quietSyslog, waitUntil, withDeadline } from './lib/limits-faults.js';
+import { cast, countMatches, isSpawnHelper, quietSyslog, waitUntil, withDeadline } from './lib/limits-faults.js';
+import { tempDir } from './lib/identity.js';
 import { keyValues } from './lib/text.js';
 import { startTlsd } from './lib/tlsd.js';
 
@@ -85,4 +87,15 @@ t.test('a spawn helper that dies is logged and replaced; sessions it started sti
   await waitUntil(() => /session ended/.test(tlsd.stderr()), 'the orphaned session ends once its child has', tlsd);
   const next = Object.fromEntries(keyValues(await exchange(tlsd.port, alice, '')));
   t.ok(isSpawnHelper(Number(next.ppid)) && Number(next.ppid) !== helper, 'the next child comes from a new helper');
+});
+
+t.test('a perl that cannot run the helper: logged once, and children start with Node spawn', async (t) => {
+  const dir = tempDir();
+  writeFileSync(join(dir, 'perl'), '#!/bin/sh\nexit 3\n', { mode: 0o755 });
+  const tlsd = await startTlsd(t, { identity: server, command: ['/bin/sh', '-c', 'echo "ppid=$PPID"'], env: { ...quietSyslog, PATH: `${dir}:${process.env.PATH}` } });
+  t.match(tlsd.stderr(), /Cannot start the spawn helper \(.*\/perl\): it exited with status 3 before it was ready; children start with Node's spawn/);
+  const reply = Object.fromEntries(keyValues(await exchange(tlsd.port, alice, '')));
+  t.equal(Number(reply.ppid), tlsd.proc.pid, "the child's parent is tlsd");
+  t.equal((await exchange(tlsd.port, alice, '')).startsWith('ppid='), true, 'and the next one too');
+  t.equal(countMatches(tlsd.stderr(), /Cannot start the spawn helper/), 1, 'the failure is logged once');
 });

@@ -17,8 +17,6 @@ const STDIO_TIMEOUT_MS = 10_000;
  */
 export class RemoteChild extends EventEmitter implements ChildLike {
   pid: number | undefined;
-  stdin: Socket | null = null;
-  stdout: Socket | null = null;
   private input: Socket | undefined;
   private output: Socket | undefined;
   private spawned = false;
@@ -34,6 +32,15 @@ export class RemoteChild extends EventEmitter implements ChildLike {
     private readonly sendKill: (child: RemoteChild, signal: NodeJS.Signals) => void,
   ) {
     super();
+  }
+
+  /** Its stdin and stdout, once it is spawned: before that a connection may still be missing. */
+  get stdin(): Socket | null {
+    return this.spawned ? this.input! : null;
+  }
+
+  get stdout(): Socket | null {
+    return this.spawned ? this.output! : null;
   }
 
   kill(signal: NodeJS.Signals): boolean {
@@ -89,11 +96,9 @@ export class RemoteChild extends EventEmitter implements ChildLike {
     if (this.spawned || this.failed || this.pid === undefined || !this.input || !this.output) return;
     this.spawned = true;
     clearTimeout(this.stdioTimer);
-    this.stdin = this.input;
-    this.stdout = this.output;
     // Whatever a child writes to its stdin is dropped, and reading lets us see its end.
-    this.stdin.resume();
-    for (const stream of [this.stdin, this.stdout]) stream.once('close', () => this.streamClosed());
+    this.input.resume();
+    for (const stream of [this.input, this.output]) stream.once('close', () => this.streamClosed());
     this.emit('spawn');
     if (this.exit) this.reportExit();
   }

@@ -122,9 +122,7 @@ export class Session {
     stdin.once('close', () => this.discardInput());
     if (this.socketClosed) {
       // The peer left while the child was starting: it gets EOF (and -s) at once.
-      stdout.resume();
-      this.endChildInput();
-      this.signalChild();
+      this.cutOffChild();
       return;
     }
     if (stdin.destroyed) this.discardInput();
@@ -170,16 +168,20 @@ export class Session {
 
   private onSocketClosed(): void {
     this.socketClosed = true;
+    this.cutOffChild();
+    if (!this.childRunning && !this.childStarting) this.releaseChild();
+    this.finishIfDone();
+  }
+
+  /** The peer is gone: the child gets EOF (and -s), and is drained so it never blocks on output. */
+  private cutOffChild(): void {
     const stdout = this.child?.stdout;
     if (stdout) {
-      // The peer is gone: keep draining so that the child never blocks on a full pipe.
       stdout.unpipe(this.socket);
       stdout.resume();
     }
     this.endChildInput();
     this.signalChild();
-    if (!this.childRunning && !this.childStarting) this.releaseChild();
-    this.finishIfDone();
   }
 
   /**
