@@ -29,8 +29,8 @@ export interface SpawnHelperOptions {
 
 /**
  * Starts children through the spawn helper (see spawn-helper-script.ts). The helper and the Unix
- * socket its children's stdio connects to are made on first use, so after tlsd has dropped its
- * privileges; if the helper dies, the next child starts a new one.
+ * socket its children's stdio connects to are made by ready(), which tlsd calls once it has
+ * dropped its privileges; if the helper dies, the next child starts a new one.
  */
 export class SpawnHelper {
   private helper: ChildProcess | undefined;
@@ -113,7 +113,23 @@ export class SpawnHelper {
     });
     server.on('error', (error) => this.options.log.error(`spawn helper socket: ${reason(error)}`));
     server.unref();
+    let helper: ChildProcess;
+    try {
+      helper = await this.runHelper(address);
+    } catch (error) {
+      // Nothing of a failed start stays behind: tlsd goes on with Node's spawn.
+      server.close();
+      throw error;
+    }
     this.server = server;
+    this.helper = helper;
+    helper.unref();
+    for (const stream of [helper.stdin, helper.stdout]) (stream as unknown as Socket | null)?.unref();
+    helper.once('exit', (code, signal) => this.helperGone(helper, code, signal));
+  }
+
+  /** Starts perl with the script; resolves once it says it is ready, its reports wired to report(). */
+  private async runHelper(address: string): Promise<ChildProcess> {
     const helper = spawn(this.options.perl, ['-e', SPAWN_HELPER_SCRIPT, address], { stdio: ['pipe', 'pipe', 'inherit', ...this.options.coverFds], env: this.options.base });
     await new Promise<void>((resolve, reject) => {
       helper.once('error', reject);
@@ -122,9 +138,9 @@ export class SpawnHelper {
         resolve();
       });
     });
-    helper.stdin?.on('error', () => {}); // its exit is reported below
+    helper.stdin?.on('error', () => {}); // its exit is what counts, see start() and helperGone()
     const lines = createInterface({ input: helper.stdout! });
-    await new Promise<void>((resolve, reject) => {
+    const ready = new Promise<void>((resolve, reject) => {
       const early = (code: number | null, signal: NodeJS.Signals | null): void => reject(new Error(`it ${signal ? `was killed by signal ${signal}` : `exited with status ${code}`} before it was ready`));
       helper.once('exit', early);
       lines.once('line', (line) => {
@@ -133,11 +149,14 @@ export class SpawnHelper {
         else reject(new Error(`it said ${JSON.stringify(line)} instead of being ready`));
       });
     });
-    this.helper = helper;
-    helper.unref();
-    for (const stream of [helper.stdin, helper.stdout]) (stream as unknown as Socket | null)?.unref();
+    try {
+      await ready;
+    } catch (error) {
+      helper.kill('SIGKILL');
+      throw error;
+    }
     lines.on('line', (line) => this.report(line));
-    helper.once('exit', (code, signal) => this.helperGone(helper, code, signal));
+    return helper;
   }
 
   private report(line: string): void {
