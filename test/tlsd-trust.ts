@@ -1,4 +1,5 @@
 import { existsSync, renameSync, writeFileSync } from 'node:fs';
+import { once } from 'node:events';
 import { join } from 'node:path';
 import t from 'tap';
 import { fileAppears, keyValues } from './lib/text.js';
@@ -155,4 +156,28 @@ t.test('the child environment describes the connection, on both sides, never tls
   t.match(dialed.get('TCPREMOTEIP') ?? '', /^(127\.0\.0\.1|::1)$/);
   t.equal(dialed.get('PROTO'), 'TCP');
   t.notOk(dialed.has('ALIAS'));
+});
+
+t.test('no session is resumed: every connection makes a full handshake and shows its certificate', async (t) => {
+  const tlsd = await startTlsd(t, { identity: server, command: ['sh', '-c', 'echo "$SHA256"; cat >/dev/null'] });
+  for (const version of ['TLSv1.3', 'TLSv1.2'] as const) {
+    const first = await connectTls(tlsd.port, alice, { maxVersion: version });
+    // TLS 1.3 offers tickets after the handshake; TLS 1.2's session is known when it completes.
+    let ticket: Buffer | undefined;
+    first.on('session', (offered: Buffer) => (ticket = offered));
+    const firstReply = readAll(first);
+    first.end();
+    t.equal((await firstReply).toString(), `${alice.fingerprint}\n`, `${version}: first connection served`);
+    const session = ticket ?? first.getSession();
+    await once(first, 'close');
+    if (session === undefined) {
+      t.pass(`${version}: nothing offered to resume with`);
+      continue;
+    }
+    const second = await connectTls(tlsd.port, alice, { maxVersion: version, session });
+    t.equal(second.isSessionReused(), false, `${version}: the offered session is not resumed`);
+    const secondReply = readAll(second);
+    second.end();
+    t.equal((await secondReply).toString(), `${alice.fingerprint}\n`, `${version}: served after a full handshake`);
+  }
 });
