@@ -1,5 +1,4 @@
 import { closeSync, fchmodSync, openSync, readFileSync, writeSync, constants } from 'node:fs';
-import lockfile from 'proper-lockfile';
 import type { Logger } from '../logger.js';
 
 /** A peer's identity as tlsd passes it: the lowercase hex SHA-256 of its certificate. */
@@ -78,6 +77,8 @@ export type Registration =
  */
 export async function registerAlias(file: string, fingerprint: string, alias: string): Promise<Registration> {
   createIfMissing(file);
+  // Loaded here: it is a tenth of fp2alias's start-up, and only a registration needs it.
+  const { default: lockfile } = await import('proper-lockfile');
   const release = await lockfile.lock(file, {
     stale: 10_000,
     retries: { retries: 200, factor: 1.3, minTimeout: 5, maxTimeout: 100, randomize: true },

@@ -1,10 +1,19 @@
-import PosixSocket from 'posix-socket';
+import { createRequire } from 'node:module';
+import type PosixSocketModule from 'posix-socket';
 import { errnoOf } from './errno.js';
 
 // Linux values; posix-socket does not export them. CLOEXEC keeps the socket out of children,
 // NONBLOCK (with MSG_DONTWAIT) keeps a stuck reader from ever blocking the event loop.
 const SOCK_NONBLOCK = 0o4000;
 const SOCK_CLOEXEC = 0o2000000;
+
+// Loaded on the first send: a native addon costs every process that imports the logger a few
+// milliseconds, and the helpers (run once per connection) mostly never log.
+let addon: typeof PosixSocketModule | undefined;
+function posixSocket(): typeof PosixSocketModule {
+  addon ??= createRequire(import.meta.url)('posix-socket') as typeof PosixSocketModule;
+  return addon;
+}
 
 /** An unbound unix datagram socket that sends to one path and never blocks. */
 export class UnixDatagramSender {
@@ -15,6 +24,7 @@ export class UnixDatagramSender {
   /** Sends one datagram; returns the error code ('ENOENT', 'EAGAIN', ...) rather than throwing. */
   send(message: Buffer): string | undefined {
     try {
+      const PosixSocket = posixSocket();
       this.fd ??= PosixSocket.socket(PosixSocket.AF_UNIX, PosixSocket.SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
       const bytes = message.buffer.slice(message.byteOffset, message.byteOffset + message.length) as ArrayBuffer;
       PosixSocket.sendto(this.fd, bytes, message.length, PosixSocket.MSG_DONTWAIT | PosixSocket.MSG_NOSIGNAL, {
@@ -28,7 +38,7 @@ export class UnixDatagramSender {
   }
 
   close(): void {
-    if (this.fd !== undefined) PosixSocket.close(this.fd);
+    if (this.fd !== undefined) posixSocket().close(this.fd);
     this.fd = undefined;
   }
 }
