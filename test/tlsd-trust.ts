@@ -1,6 +1,8 @@
-import { existsSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import type { AddressInfo } from 'node:net';
 import { once } from 'node:events';
 import { join } from 'node:path';
+import { createServer as createTlsServer } from 'node:tls';
 import t from 'tap';
 import { fileAppears, keyValues } from './lib/text.js';
 import { issue, makeCa } from './lib/ca.js';
@@ -160,24 +162,37 @@ t.test('the child environment describes the connection, on both sides, never tls
 
 t.test('no session is resumed: every connection makes a full handshake and shows its certificate', async (t) => {
   const tlsd = await startTlsd(t, { identity: server, command: ['sh', '-c', 'echo "$SHA256"; cat >/dev/null'] });
-  for (const version of ['TLSv1.3', 'TLSv1.2'] as const) {
-    const first = await connectTls(tlsd.port, alice, { maxVersion: version });
-    // TLS 1.3 offers tickets after the handshake; TLS 1.2's session is known when it completes.
+  // The same client against a Node TLS server with default settings does resume: the check can fail.
+  // It replies once the client has ended its side, as tlsd's child does.
+  const plain = createTlsServer({ key: readFileSync(server.key), cert: readFileSync(server.cert), allowHalfOpen: true }, (socket) => {
+    socket.resume().once('end', () => socket.end('plain\n'));
+  });
+  await new Promise<void>((resolve) => plain.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => void plain.close());
+  const plainPort = (plain.address() as AddressInfo).port;
+
+  /** Connects twice, the second time offering what the first one left; whether that resumed. */
+  const twice = async (port: number, version: 'TLSv1.3' | 'TLSv1.2', reply: string): Promise<boolean> => {
+    const first = await connectTls(port, alice, { maxVersion: version });
+    // TLS 1.3 offers tickets after the handshake, before the reply; TLS 1.2's session is known at once.
+    const atHandshake = first.getSession();
     let ticket: Buffer | undefined;
     first.on('session', (offered: Buffer) => (ticket = offered));
     const firstReply = readAll(first);
     first.end();
-    t.equal((await firstReply).toString(), `${alice.fingerprint}\n`, `${version}: first connection served`);
-    const session = ticket ?? first.getSession();
-    await once(first, 'close');
-    if (session === undefined) {
-      t.pass(`${version}: nothing offered to resume with`);
-      continue;
-    }
-    const second = await connectTls(tlsd.port, alice, { maxVersion: version, session });
-    t.equal(second.isSessionReused(), false, `${version}: the offered session is not resumed`);
+    t.equal((await firstReply).toString(), reply, `${version}, port ${port}: first connection served`);
+    if (version === 'TLSv1.3') t.ok(ticket, `${version}, port ${port}: a ticket came with the reply`);
+    const session = ticket ?? atHandshake;
+    await once(first, 'close', { signal: AbortSignal.timeout(20_000) });
+    const second = await connectTls(port, alice, { maxVersion: version, session });
+    const resumed = second.isSessionReused();
     const secondReply = readAll(second);
     second.end();
-    t.equal((await secondReply).toString(), `${alice.fingerprint}\n`, `${version}: served after a full handshake`);
+    t.equal((await secondReply).toString(), reply, `${version}, port ${port}: second connection served`);
+    return resumed;
+  };
+  for (const version of ['TLSv1.3', 'TLSv1.2'] as const) {
+    t.equal(await twice(plainPort, version, 'plain\n'), true, `${version}: a default Node server resumes`);
+    t.equal(await twice(tlsd.port, version, `${alice.fingerprint}\n`), false, `${version}: tlsd does not resume, it makes a full handshake`);
   }
 });

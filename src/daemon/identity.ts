@@ -20,9 +20,11 @@ export class IdentityError extends Error {}
 
 /**
  * TLS 1.2 is the floor; renegotiation is refused (it is a DoS vector and nothing here needs it).
- * Sessions are never resumed, so each connection's certificate is checked afresh; and stateless
- * tickets cost the server about a sixth of its CPU per connection (OpenSSL 3.0 encodes the session
- * and decodes it again, peer certificate included, for each ticket) for clients that do not resume.
+ * No stateless tickets: they cost the server about a sixth of its CPU per connection (OpenSSL 3.0
+ * encodes the session and decodes it again, peer certificate included, for each ticket) for
+ * clients that do not resume. TLS 1.3 still sends stateful tickets, bare session ids, and Node's
+ * server keeps no session cache, so nothing can be resumed and each connection's certificate is
+ * checked afresh; a 'resumeSession' listener on the server would change that.
  * Shared by every context so that a reload cannot quietly drop one of these settings.
  */
 function contextOptions(key: Buffer, cert: Buffer, ca: Buffer | undefined): SecureContextOptions {

@@ -7,8 +7,8 @@ import { errnoOf } from './errno.js';
 const SOCK_NONBLOCK = 0o4000;
 const SOCK_CLOEXEC = 0o2000000;
 
-// Loaded on the first send: a native addon costs every process that imports the logger a few
-// milliseconds, and the helpers (run once per connection) mostly never log.
+// Loaded on the first send: the native addon costs every process that imports the logger a few
+// milliseconds, and fp2alias (run once per connection) logs nothing for a known peer.
 let addon: typeof PosixSocketModule | undefined;
 function posixSocket(): typeof PosixSocketModule {
   addon ??= createRequire(import.meta.url)('posix-socket') as typeof PosixSocketModule;
