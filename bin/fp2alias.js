@@ -1,2 +1,2 @@
 #!/usr/bin/env node
-import '../dist/cli/fp2alias.js';
+import '../dist/fp2alias.bundle.js';

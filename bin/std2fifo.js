@@ -1,2 +1,2 @@
 #!/usr/bin/env node
-import '../dist/cli/std2fifo.js';
+import '../dist/std2fifo.bundle.js';
