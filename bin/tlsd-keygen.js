@@ -1,2 +1,2 @@
 #!/usr/bin/env node
-import '../dist/cli/tlsd-keygen.js';
+import '../dist/tlsd-keygen.bundle.js';

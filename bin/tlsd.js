@@ -1,2 +1,2 @@
 #!/usr/bin/env node
-import '../dist/cli/tlsd.js';
+import '../dist/tlsd.bundle.js';

@@ -1,10 +1,10 @@
-// Build step after tsc: fp2alias and std2fifo, which the examples run once per connection, each
-// become one file. Node's ESM loader costs a millisecond or two per module and commander alone is
-// a dozen, so a bundle starts about 20 ms sooner (docs/performance.md).
+// Build step after tsc: each program becomes one file. Node's ESM loader costs a millisecond or two
+// per module and commander alone is a dozen, so fp2alias and std2fifo, which the examples run once
+// per connection, start about 20 ms sooner, and tlsd sooner still (docs/performance.md).
 import { build } from 'esbuild';
 
 await build({
-  entryPoints: { 'fp2alias.bundle': 'dist/cli/fp2alias.js', 'std2fifo.bundle': 'dist/cli/std2fifo.js' },
+  entryPoints: Object.fromEntries(['tlsd', 'fp2alias', 'std2fifo', 'tlsd-keygen'].map((name) => [`${name}.bundle`, `dist/cli/${name}.js`])),
   // Next to version.js, so that the '../package.json' it resolves from import.meta.url still works.
   outdir: 'dist',
   bundle: true,
