@@ -71,8 +71,14 @@ export async function measureStartup(repo: string, files: Files, repeats: number
   const fifoRoot = join(files.dir, 'fifos');
   mkdirSync(fifoRoot, { recursive: true });
   const node = process.execPath;
+  // fp2alias and std2fifo as `npm install -g` puts them on PATH: their shell launchers (bin/NAME).
   const runs: Array<{ name: string; command: string; run: Run }> = [
     { name: 'node -e 0 (floor)', command: 'node -e 0', run: { file: node, args: ['-e', '0'] } },
+    {
+      name: 'node -e 0, NODE_EXTRA_CA_CERTS unset',
+      command: 'env -u NODE_EXTRA_CA_CERTS node -e 0',
+      run: { file: node, args: ['-e', '0'], env: { NODE_EXTRA_CA_CERTS: undefined } },
+    },
     {
       name: 'tlsd to Listening',
       command: 'node bin/tlsd.js -e -b 127.0.0.1 -k KEY -c CERT -p 0 -- cat',
@@ -80,13 +86,23 @@ export async function measureStartup(repo: string, files: Files, repeats: number
     },
     {
       name: 'fp2alias',
+      command: 'SHA256=<known> bin/fp2alias -f ALIASES',
+      run: { file: 'bin/fp2alias', args: ['-f', aliases], env: { SHA256: fingerprint }, expect: 'alice\n' },
+    },
+    {
+      name: 'fp2alias running a command',
+      command: 'SHA256=<known> bin/fp2alias -f ALIASES -- true',
+      run: { file: 'bin/fp2alias', args: ['-f', aliases, '--', 'true'], env: { SHA256: fingerprint }, expect: '' },
+    },
+    {
+      name: 'fp2alias from node',
       command: 'SHA256=<known> node bin/fp2alias.js -f ALIASES',
       run: { file: node, args: ['bin/fp2alias.js', '-f', aliases], env: { SHA256: fingerprint }, expect: 'alice\n' },
     },
     {
       name: 'std2fifo',
-      command: 'SHA256=<hex> node bin/std2fifo.js DIR </dev/null',
-      run: { file: node, args: ['bin/std2fifo.js', fifoRoot], env: { SHA256: fingerprint } },
+      command: 'SHA256=<hex> bin/std2fifo DIR </dev/null',
+      run: { file: 'bin/std2fifo', args: [fifoRoot], env: { SHA256: fingerprint } },
     },
   ];
   const results: StartupResult[] = [];

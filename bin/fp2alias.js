@@ -1,2 +1,4 @@
 #!/usr/bin/env node
-import '../dist/fp2alias.bundle.js';
+// A CommonJS bundle (scripts/bundle.mjs); require() skips the export scan an import would make.
+import { createRequire } from 'node:module';
+createRequire(import.meta.url)('../dist/fp2alias.bundle.cjs');

@@ -1,19 +1,54 @@
 // Build step after tsc: each program becomes one file. Node's ESM loader costs a millisecond or two
-// per module and commander alone is a dozen, so fp2alias and std2fifo, which the examples run once
-// per connection, start about 20 ms sooner, and tlsd sooner still (docs/performance.md).
+// per module and commander alone is a dozen, so one file starts about 20 ms sooner
+// (docs/performance.md).
 import { build } from 'esbuild';
 
-await build({
-  entryPoints: Object.fromEntries(['tlsd', 'fp2alias', 'std2fifo', 'tlsd-keygen'].map((name) => [`${name}.bundle`, `dist/cli/${name}.js`])),
-  // Next to version.js, so that the '../package.json' it resolves from import.meta.url still works.
-  outdir: 'dist',
+const common = {
+  outdir: 'dist', // next to version.js, so that the '../package.json' it resolves still works
   bundle: true,
   platform: 'node',
-  format: 'esm',
   target: 'node20',
   // The native addon is loaded with require() from node_modules at run time, as before.
   external: ['posix-socket'],
-  // commander is CommonJS: its require() calls of Node's built-ins need a real require in ESM.
-  banner: { js: "import { createRequire as bundleRequire } from 'node:module'; const require = bundleRequire(import.meta.url);" },
   logLevel: 'warning',
+};
+const entries = (names) => Object.fromEntries(names.map((name) => [`${name}.bundle`, `dist/cli/${name}.js`]));
+
+// commander requires node:child_process (and with it net and the streams) for git-style
+// subcommands, which no program here has: give it a stand-in that loads the module if ever used.
+const lazyChildProcess = {
+  name: 'lazy-child-process',
+  setup(plugin) {
+    plugin.onResolve({ filter: /^node:child_process$/ }, (args) =>
+      /[\\/]commander[\\/]/.test(args.importer) ? { path: 'child_process', namespace: 'lazy' } : undefined,
+    );
+    plugin.onLoad({ filter: /.*/, namespace: 'lazy' }, () => ({
+      contents: "let real; module.exports = new Proxy({}, { get: (_, key) => (real ??= require('node:child_process'))[key] });",
+      loader: 'js',
+    }));
+  },
+};
+
+// tlsd and tlsd-keygen start once: ESM, as tsc wrote them. commander is CommonJS, and its require()
+// calls of Node's built-ins need a real require in ESM.
+await build({
+  ...common,
+  entryPoints: entries(['tlsd', 'tlsd-keygen']),
+  format: 'esm',
+  banner: { js: "import { createRequire as bundleRequire } from 'node:module'; const require = bundleRequire(import.meta.url);" },
+});
+
+// fp2alias and std2fifo start once per connection in the examples: CommonJS skips the ESM loader
+// and the facade it builds over each built-in (node:fs's touches all its lazy getters, streams
+// included), about 10 ms here; whitespace and syntax minified, a few ms less to parse.
+await build({
+  ...common,
+  entryPoints: entries(['fp2alias', 'std2fifo']),
+  format: 'cjs',
+  outExtension: { '.js': '.cjs' },
+  define: { 'import.meta.url': 'bundleUrl' },
+  banner: { js: "const bundleUrl = require('node:url').pathToFileURL(__filename).href;" },
+  minifyWhitespace: true,
+  minifySyntax: true,
+  plugins: [lazyChildProcess],
 });

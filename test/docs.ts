@@ -1,13 +1,13 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { existsSync, mkdirSync, readFileSync, statSync, symlinkSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
 import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import t from 'tap';
 import { exchange } from './lib/client.js';
 import { scratchDir } from './lib/external.js';
 import { opensslFingerprint } from './lib/identity.js';
-import { bin, root, watch, type Teardown } from './lib/tlsd.js';
+import { bin, installed, installedPrograms, root, watch, type Teardown } from './lib/tlsd.js';
 
 // Docs move with code: every option a program's --help prints appears in its man page, in the
 // README and in its chapter of the manual, so that none of them can drift from the program; and
@@ -18,7 +18,7 @@ const manual = readFileSync(`${root}docs/manual.md`, 'utf8');
 const ciRun = readFileSync(`${root}.ci/run`, 'utf8');
 
 function helpOptions(program: string): string[] {
-  const help = execFileSync(process.execPath, [`${root}${pkg.bin[program]}`, '-h'], { encoding: 'utf8' });
+  const help = execFileSync(installed[program]!, ['-h'], { encoding: 'utf8' });
   const flags = new Set<string>();
   for (const line of help.split('\n')) {
     const match = line.match(/^ {2}((?:-{1,2}[a-z][a-z0-9-]*(?:, )?)+)/);
@@ -82,10 +82,7 @@ async function freePort(): Promise<number> {
  */
 function runReadmeCommand(t: Teardown, command: string, home: string, stdin: 'pipe' | 'ignore'): ChildProcess {
   const programs = join(home, 'bin');
-  if (!existsSync(programs)) {
-    mkdirSync(programs);
-    for (const name of Object.keys(pkg.bin)) symlinkSync(bin(name), join(programs, name));
-  }
+  if (!existsSync(programs)) installedPrograms(programs);
   const line = command.replaceAll('./bin/', `${root}bin/`).replace(/\bnpx (?=tlsd|fp2alias|std2fifo)/g, '');
   const proc = spawn('sh', ['-c', line], {
     cwd: home,

@@ -1,9 +1,9 @@
-import { mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import t from 'tap';
 import { exchange } from './lib/client.js';
 import { makeIdentity, tempDir } from './lib/identity.js';
-import { bin, startTlsd } from './lib/tlsd.js';
+import { installedPrograms, startTlsd } from './lib/tlsd.js';
 
 // End to end, as the manual's example: tlsd -- fp2alias -- sh -c 'echo "Hello, ${ALIAS}!"',
 // with fp2alias found on PATH as an installed package puts it.
@@ -15,8 +15,7 @@ const binDir = join(dir, 'bin');
 const file = join(dir, 'aliases');
 writeFileSync(file, `# test aliases\n${alice.fingerprint} alice\n`);
 
-mkdirSync(binDir);
-symlinkSync(bin('fp2alias'), join(binDir, 'fp2alias'));
+installedPrograms(binDir);
 
 const env = { PATH: `${binDir}:${process.env.PATH ?? ''}`, TLSD_SYSLOG_SOCKET: '/nonexistent/tlsd-test-log' };
 

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import t from 'tap';
 import { tempDir } from './lib/identity.js';
 import { runProgram } from './lib/run.js';
-import { bin } from './lib/tlsd.js';
+import { bin, installedPrograms } from './lib/tlsd.js';
 
 const dir = tempDir('fp2alias-test-');
 const fp = (): string => randomBytes(32).toString('hex');
@@ -177,6 +177,22 @@ t.test('command failures: 127 not found, 126 not executable, the exit code passe
   t.equal(code.status, 7);
   const killed = await runProgram('fp2alias', ['-f', file, '--', 'sh', '-c', 'kill -9 $$'], { env });
   t.equal(killed.status, 128 + 9);
+});
+
+t.test('as installed (bin/fp2alias through a symlink): Node starts without NODE_EXTRA_CA_CERTS, the command gets it back', async (t) => {
+  const file = aliasFile(`${alice} alice\n`);
+  const installed = join(installedPrograms(join(dir, 'installed')), 'fp2alias');
+  const show = ['--', 'sh', '-c', 'echo "$ALIAS ${NODE_EXTRA_CA_CERTS-unset} ${TLSD_SAVED_NODE_EXTRA_CA_CERTS-unset}"'];
+  // Node warns at start-up when the file cannot be read: the warning shows whether it looked.
+  const extra = { SHA256: alice, NODE_EXTRA_CA_CERTS: join(dir, 'no-such-ca.pem') };
+  const direct = await runProgram('fp2alias', ['-f', file, ...show], { env: extra });
+  t.match(direct.stderr, /Ignoring extra certs/, 'node bin/fp2alias.js reads NODE_EXTRA_CA_CERTS (the check below can fail)');
+  const viaLauncher = await runProgram('fp2alias', ['-f', file, ...show], { env: extra, file: installed });
+  t.equal(viaLauncher.status, 0);
+  t.equal(viaLauncher.stderr, '', 'the launcher starts Node without it');
+  t.equal(viaLauncher.stdout, `alice ${extra.NODE_EXTRA_CA_CERTS} unset\n`, 'the command has it back, and nothing else');
+  const unset = await runProgram('fp2alias', ['-f', file, ...show], { env: { SHA256: alice, NODE_EXTRA_CA_CERTS: undefined }, file: installed });
+  t.equal(unset.stdout, 'alice unset unset\n', 'unset stays unset');
 });
 
 t.test('signals are passed on to the command, and its status comes back', async (t) => {

@@ -6,7 +6,7 @@ import t from 'tap';
 import { eventually } from './lib/eventually.js';
 import { tempDir } from './lib/identity.js';
 import { runProgram } from './lib/run.js';
-import { bin, type Teardown } from './lib/tlsd.js';
+import { bin, installedPrograms, type Teardown } from './lib/tlsd.js';
 
 const root = tempDir('std2fifo-test-');
 const sha = (data: Buffer): string => createHash('sha256').update(data).digest('hex');
@@ -200,6 +200,19 @@ t.test('continuous mode (-c): 1 MiB each way, intact', async (t) => {
   t.equal(await s2f.exited, 0);
   t.equal(await reader.exited, 0);
   t.equal(reader.stdout().toString().split(' ')[0], sha(fromPeer), 'stdin → out intact, out closed at EOF');
+});
+
+t.test('as installed (bin/std2fifo through a symlink): runs, and Node starts without NODE_EXTRA_CA_CERTS', async (t) => {
+  const installed = join(installedPrograms(join(root, 'installed')), 'std2fifo');
+  const name = freshName();
+  // Node warns at start-up when the file cannot be read: the warning shows whether it looked.
+  const env = { SHA256: name, NODE_EXTRA_CA_CERTS: join(root, 'no-such-ca.pem') };
+  const direct = await runProgram('std2fifo', [root], { env });
+  t.match(direct.stderr, /Ignoring extra certs/, 'node bin/std2fifo.js reads NODE_EXTRA_CA_CERTS (the check below can fail)');
+  const viaLauncher = await runProgram('std2fifo', [root], { env, file: installed });
+  t.equal(viaLauncher.status, 0, 'stdin at its end: done');
+  t.equal(viaLauncher.stderr, '', 'no warning: Node did not read the file');
+  t.ok(statSync(join(root, name, 'in')).isFIFO() && statSync(join(root, name, 'out')).isFIFO(), 'its FIFOs were made');
 });
 
 t.test('-v names the variable; unset or unsafe values are refused', async (t) => {

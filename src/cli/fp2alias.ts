@@ -1,5 +1,6 @@
 import { fp2alias, UsageError } from '../helpers/fp2alias.js';
 import { reason } from '../reason.js';
+import { commandEnvironment } from './launcher.js';
 import { createProgram, fail, logOptions, startLogging, type LogChoices } from './program.js';
 
 const program = logOptions(
@@ -27,10 +28,10 @@ const cli = program.opts<CliOptions>();
 const [command, args] = program.processedArgs as [string | undefined, string[]];
 const log = startLogging(cli);
 
-try {
-  const status = await fp2alias({ file: cli.file, add: cli.add === true, command, args, env: process.env, log });
-  log.close();
-  process.exit(status);
-} catch (error) {
-  fail(log, error instanceof UsageError ? error.message : `${cli.file}: ${reason(error)}`);
-}
+// Not top-level await: this entry point is bundled as CommonJS, which starts sooner (scripts/bundle.mjs).
+fp2alias({ file: cli.file, add: cli.add === true, command, args, env: commandEnvironment(process.env), log }).then((status) => {
+    log.close();
+    process.exit(status);
+  })
+  .catch((error: unknown) => fail(log, error instanceof UsageError ? error.message : `${cli.file}: ${reason(error)}`),
+);

@@ -27,10 +27,10 @@ const log = startLogging(cli);
 
 const name = process.env[cli.var] ?? program.error(`error: the environment variable ${cli.var} is not set`);
 
-try {
-  const status = await std2fifo({ root, name, continuous: cli.continuous === true, log, input: process.stdin, output: process.stdout });
-  log.close();
-  process.exit(status);
-} catch (error) {
-  fail(log, reason(error));
-}
+// Not top-level await: this entry point is bundled as CommonJS, which starts sooner (scripts/bundle.mjs).
+std2fifo({ root, name, continuous: cli.continuous === true, log, input: process.stdin, output: process.stdout }).then((status) => {
+    log.close();
+    process.exit(status);
+  })
+  .catch((error: unknown) => fail(log, reason(error)),
+);

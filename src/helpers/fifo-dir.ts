@@ -1,6 +1,9 @@
-import { execFileSync } from 'node:child_process';
 import { chmodSync, lstatSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
+import { lazyModule } from '../os/lazy-module.js';
+
+// Loaded only to make a FIFO, the first time a peer comes: with it come net and the streams.
+const childProcess = lazyModule<typeof import('node:child_process')>('node:child_process');
 
 export interface FifoPaths {
   dir: string;
@@ -44,7 +47,7 @@ export function prepareFifoDir(root: string, name: string): FifoPaths {
 function makeFifo(path: string, mode: string): void {
   if (isFifo(path)) return;
   try {
-    execFileSync('mkfifo', ['-m', mode, '--', path], { stdio: ['ignore', 'ignore', 'pipe'] });
+    childProcess().execFileSync('mkfifo', ['-m', mode, '--', path], { stdio: ['ignore', 'ignore', 'pipe'] });
   } catch (error) {
     if (isFifo(path)) return; // another std2fifo for the same peer made it meanwhile
     const stderr = (error as { stderr?: Buffer }).stderr?.toString().trim();

@@ -1,11 +1,16 @@
-import { spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { constants } from 'node:os';
+import { lazyModule } from '../os/lazy-module.js';
 import { reason } from '../reason.js';
 
 /** The signals a wrapper passes on to the command it runs, as an exec'd command would get them. */
 export const forwardedSignals: NodeJS.Signals[] = ['SIGTERM', 'SIGHUP', 'SIGINT', 'SIGUSR1', 'SIGUSR2', 'SIGQUIT'];
 
 export type CommandResult = { status: number } | { failed: string; status: 126 | 127 };
+
+// Loaded when a command runs: node:child_process brings net and the streams with it, a tenth of
+// fp2alias's start-up, and `fp2alias` with no command only prints the alias.
+const childProcess = lazyModule<typeof import('node:child_process')>('node:child_process');
 
 /**
  * Runs a command in place of this process as far as Node allows (Node cannot exec): the command
@@ -19,13 +24,13 @@ export function runCommand(command: string, args: string[], env: NodeJS.ProcessE
     // before this process gets back from spawn(), and an unhandled SIGUSR1 would start Node's
     // inspector instead of reaching the command.
     let pending: NodeJS.Signals | undefined;
-    let started: ReturnType<typeof spawn> | undefined;
+    let started: ChildProcess | undefined;
     const forward = (signal: NodeJS.Signals): void => {
       if (started === undefined) pending = signal;
       else if (started.exitCode === null && started.signalCode === null) started.kill(signal);
     };
     for (const signal of forwardedSignals) process.on(signal, forward);
-    const child = spawn(command, args, { stdio: 'inherit', env });
+    const child = childProcess().spawn(command, args, { stdio: 'inherit', env });
     started = child;
     if (pending !== undefined) forward(pending);
     const done = (result: CommandResult): void => {

@@ -1,6 +1,6 @@
-import { createRequire } from 'node:module';
 import type PosixSocketModule from 'posix-socket';
 import { errnoOf } from './errno.js';
+import { lazyModule } from './lazy-module.js';
 
 // Linux values; posix-socket does not export them. CLOEXEC keeps the socket out of children,
 // NONBLOCK (with MSG_DONTWAIT) keeps a stuck reader from ever blocking the event loop.
@@ -9,11 +9,7 @@ const SOCK_CLOEXEC = 0o2000000;
 
 // Loaded on the first send: the native addon costs every process that imports the logger a few
 // milliseconds, and fp2alias (run once per connection) logs nothing for a known peer.
-let addon: typeof PosixSocketModule | undefined;
-function posixSocket(): typeof PosixSocketModule {
-  addon ??= createRequire(import.meta.url)('posix-socket') as typeof PosixSocketModule;
-  return addon;
-}
+const posixSocket = lazyModule<typeof PosixSocketModule>('posix-socket');
 
 /** An unbound unix datagram socket that sends to one path and never blocks. */
 export class UnixDatagramSender {

@@ -1,12 +1,12 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, rmSync, symlinkSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import { connect as connectTcp, createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { TLSSocket } from 'node:tls';
 import { connectTls } from './client.js';
 import { tempDir, type TestIdentity } from './identity.js';
-import { bin, root, watch, type RunningTlsd, type Teardown } from './tlsd.js';
+import { installedPrograms, root, watch, type RunningTlsd, type Teardown } from './tlsd.js';
 
 /** A file of an example, run from the checkout as a user would after cloning it. */
 export const exampleFile = (example: string, name: string): string => join(root, 'examples', example, name);
@@ -19,14 +19,11 @@ export function scratch(t: Teardown, prefix: string): string {
 }
 
 /**
- * The environment the examples run in: PATH starts with a directory of symlinks to bin/*.js, so
- * that `tlsd` and `fp2alias` are found by name as after `npm install -g`, without installing
- * anything; syslog goes to a socket that does not exist, so that every log line lands on stderr.
+ * The environment the examples run in: PATH starts with the installed programs (installedPrograms);
+ * syslog goes to a socket that does not exist, so that every log line lands on stderr.
  */
 export function exampleEnv(parent: string): NodeJS.ProcessEnv {
-  const dir = join(parent, 'bin');
-  mkdirSync(dir);
-  for (const name of ['tlsd', 'fp2alias', 'std2fifo']) symlinkSync(bin(name), join(dir, name));
+  const dir = installedPrograms(join(parent, 'bin'));
   return { ...process.env, PATH: `${dir}:${process.env.PATH ?? ''}`, TLSD_SYSLOG_SOCKET: '/nonexistent/tlsd-test-log' };
 }
 

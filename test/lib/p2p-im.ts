@@ -1,22 +1,16 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, lstatSync, mkdirSync, symlinkSync } from 'node:fs';
+import { existsSync, lstatSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { TestIdentity } from './identity.js';
-import { bin, root, watch, type RunningTlsd, type Teardown } from './tlsd.js';
+import { installedPrograms, root, watch, type RunningTlsd, type Teardown } from './tlsd.js';
 
 /** The example's files, run from the checkout as a user would after cloning it. */
 export const example = (name: string): string => join(root, 'examples', 'p2p-im', name);
 
-/**
- * A directory of symlinks to bin/*.js, for PATH: the scripts call `tlsd` and `std2fifo` by name,
- * as after `npm install -g`, without installing anything.
- */
+/** The installed programs, for PATH: the scripts call `tlsd` and `std2fifo` by name. */
 export function programsDir(parent: string): string {
-  const dir = join(parent, 'bin');
-  mkdirSync(dir);
-  for (const name of ['tlsd', 'std2fifo', 'fp2alias']) symlinkSync(bin(name), join(dir, name));
-  return dir;
+  return installedPrograms(join(parent, 'bin'));
 }
 
 /** Kills a detached child's whole process group (the daemon and its sessions, or sh and its cat). */

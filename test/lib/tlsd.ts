@@ -1,10 +1,27 @@
 import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { once } from 'node:events';
+import { mkdirSync, readFileSync, symlinkSync } from 'node:fs';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { TestIdentity } from './identity.js';
 
 export const root = fileURLToPath(new URL('../..', import.meta.url));
 export const bin = (name: string): string => `${root}bin/${name}.js`;
+
+/** The programs as `npm install -g` links them: package.json's "bin", name to file. */
+export const installed: Record<string, string> = Object.fromEntries(
+  Object.entries((JSON.parse(readFileSync(`${root}package.json`, 'utf8')) as { bin: Record<string, string> }).bin).map(([name, file]) => [name, `${root}${file}`]),
+);
+
+/**
+ * `dir`, made, with a symlink per installed program, for PATH: scripts find `tlsd`, `fp2alias` and
+ * `std2fifo` by name, through the same files as after `npm install -g`, without installing anything.
+ */
+export function installedPrograms(dir: string): string {
+  mkdirSync(dir, { recursive: true });
+  for (const [name, file] of Object.entries(installed)) symlinkSync(file, join(dir, name));
+  return dir;
+}
 
 /** Anything with tap's teardown, so helpers clean up after the test that started them. */
 export interface Teardown {
