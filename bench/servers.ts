@@ -120,6 +120,23 @@ export const servers: ServerSpec[] = [
       args: ['--ssl', '--ssl-cert', files.serverCert, '--ssl-key', files.serverKey, '-lk', '-m', String(maxPeers), '127.0.0.1', String(port), '--exec', `/bin/${catArgs(child, files).join(' ')}`],
     }),
   },
+  ...(['spawn', 'echo'] as const).map(
+    (mode): ServerSpec => ({
+      name: `node-${mode}`,
+      tls: true,
+      clientCert: true,
+      forks: false,
+      binary: process.execPath,
+      note:
+        mode === 'spawn'
+          ? "a bare Node TLS server (bench/node-tls-server.ts) that starts each child with child_process.spawn; children excluded"
+          : "a bare Node TLS server with no child at all: it echoes (or sends the file) itself; Node's own TLS floor",
+      command: (port, child, files) => ({
+        file: process.execPath,
+        args: ['bench/out/node-tls-server.js', mode, String(port), files.serverKey, files.serverCert, ...(child === 'download' ? [files.data] : [])],
+      }),
+    }),
+  ),
   {
     name: 'socat-tcp',
     tls: false,
