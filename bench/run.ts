@@ -1,7 +1,8 @@
 /**
- * `npm run bench`: tlsd side by side with stunnel, socat (TLS and plain TCP) and ncat, each started
- * on loopback with the same EC P-256 certificates and the same child (`cat`), under the same loads;
- * one table of medians over rounds, each figure beside its ratio to tlsd.
+ * `npm run bench`: tlsd side by side with stunnel, socat (TLS and plain TCP), ncat and two plain-Node
+ * reference servers (bench/node-tls-server.ts), each started on loopback with the same EC P-256
+ * certificates and the same child (`cat`), under the same loads; one table of medians over rounds,
+ * each figure beside its ratio to tlsd.
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
