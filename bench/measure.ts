@@ -82,6 +82,10 @@ export async function measureServer(spec: ServerSpec, options: BenchOptions, fil
       }
       let baseline: RateResult | undefined;
       if (loads.has('latency') || loads.has('silent')) {
+        // Settle first, not counted: right after the rate load a server may still be reaping
+        // children and collecting garbage, which made tlsd's baseline slow and its silent row
+        // negative (-8 to -17 %) in every round of one run.
+        await rate(Math.min(50, options.latencyCount), 1);
         baseline = await rate(options.latencyCount, 1);
         const note = failures(baseline);
         if (note) log(`  ${spec.name} latency: ${note}`);

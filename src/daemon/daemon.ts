@@ -240,6 +240,22 @@ export class Daemon {
 
   /** A connection that holds a peer slot, from handshake to the end of its child. */
   private async serve(socket: TLSSocket, side: Side, remote: string, expectation: Expectation): Promise<void> {
+    // Only what is needed at the end lives across the wait: a suspended async function keeps its
+    // locals, and the peer's certificate and environment would stay for the whole session.
+    const session = await this.admit(socket, side, remote, expectation);
+    if (!session) {
+      this.peers.release();
+      return;
+    }
+    await session.done;
+    this.sessions.delete(session);
+    this.peers.release();
+    this.options.onPeerCount?.(this.sessions.size);
+    this.options.log.info(`${remote}: session ended`);
+  }
+
+  /** Checks the peer and starts its session; undefined when it is turned away or tlsd is stopping. */
+  private async admit(socket: TLSSocket, side: Side, remote: string, expectation: Expectation): Promise<Session | undefined> {
     const { options } = this;
     const { log } = options;
     socket.on('error', () => {}); // until the session takes over; it logs errors itself
@@ -247,8 +263,7 @@ export class Daemon {
     if ('refused' in verdict) {
       log.warning(`${remote}: ${verdict.refused}, connection closed`);
       closeGently(socket);
-      this.peers.release();
-      return;
+      return undefined;
     }
     const peer = verdict.accepted;
     const { certificate, sha256 } = peer;
@@ -259,8 +274,7 @@ export class Daemon {
     }
     if (this.stopping || socket.destroyed) {
       socket.destroy();
-      this.peers.release();
-      return;
+      return undefined;
     }
     const serverName = side === 'SERVER' ? serverNameOf(socket) : expectation.host && isIP(expectation.host) === 0 ? expectation.host.replace(/\.$/, '') : undefined;
     const env = connectionEnvironment(socket, { side, peer, serverName });
@@ -276,11 +290,7 @@ export class Daemon {
     this.sessions.set(session, { side, remote, sha256, alias: peer.alias });
     options.onPeerCount?.(this.sessions.size);
     session.start();
-    await session.done;
-    this.sessions.delete(session);
-    this.peers.release();
-    options.onPeerCount?.(this.sessions.size);
-    log.info(`${remote}: session ended`);
+    return session;
   }
 }
 

@@ -118,7 +118,7 @@ export class Listener {
     if (maxPerAddress !== undefined) {
       this.perAddress.set(address, fromAddress + 1);
       // The TCP socket closes last, after the TLS session and the child's output are done.
-      socket.once('close', () => {
+      socket.on('close', () => {
         const left = (this.perAddress.get(address) ?? 1) - 1;
         if (left > 0) this.perAddress.set(address, left);
         else this.perAddress.delete(address);

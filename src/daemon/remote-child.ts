@@ -98,7 +98,8 @@ export class RemoteChild extends EventEmitter implements ChildLike {
     clearTimeout(this.stdioTimer);
     // Whatever a child writes to its stdin is dropped, and reading lets us see its end.
     this.input.resume();
-    for (const stream of [this.input, this.output]) stream.once('close', () => this.streamClosed());
+    // 'on': 'close' comes once, and once()'s wrapper would stay in memory for the session's life.
+    for (const stream of [this.input, this.output]) stream.on('close', () => this.streamClosed());
     this.emit('spawn');
     if (this.exit) this.reportExit();
   }

@@ -43,11 +43,16 @@ export class Session {
   private outputFlushed = false;
   private lingerMs = LINGER_MS;
   private settle: () => void = () => {};
+  private readonly options: Omit<SessionOptions, 'env'>;
+  /** Until the child is launched: held for the session's life it would cost every idle peer. */
+  private env: Environment | undefined;
 
   constructor(
     private readonly socket: TLSSocket,
-    private readonly options: SessionOptions,
+    { env, ...options }: SessionOptions,
   ) {
+    this.options = options;
+    this.env = env;
     this.done = new Promise((resolve) => (this.settle = resolve));
   }
 
@@ -82,7 +87,9 @@ export class Session {
 
     let child: ChildLike;
     try {
-      child = options.launch({ command: options.command, args: options.args, env: options.env });
+      const env = this.env!;
+      this.env = undefined;
+      child = options.launch({ command: options.command, args: options.args, env });
     } catch (error) {
       this.onSpawnFailed(error);
       return;
@@ -119,7 +126,7 @@ export class Session {
     // from then on the peer's data is read and dropped. A stream that is already closed reports
     // no write error at all (the helper's child may be gone before it is wired), hence 'close'.
     stdin.on('error', () => this.discardInput());
-    stdin.once('close', () => this.discardInput());
+    stdin.on('close', () => this.discardInput());
     if (this.socketClosed) {
       // The peer left while the child was starting: it gets EOF (and -s) at once.
       this.cutOffChild();

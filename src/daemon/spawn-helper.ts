@@ -54,21 +54,31 @@ export class SpawnHelper {
 
   launch = (request: LaunchRequest): ChildLike => {
     if (this.fallback) return this.fallback(request);
-    const child = new RemoteChild(this.nextId++, randomBytes(16).toString('hex'), request.command, (target, signal) => this.kill(target, signal));
-    this.byId.set(child.id, child);
-    this.byToken.set(child.token, child);
-    const forget = (): void => {
-      this.byId.delete(child.id);
-      this.byToken.delete(child.token);
-    };
-    child.once('error', forget);
-    child.once('close', forget);
+    const child = this.track(new RemoteChild(this.nextId++, randomBytes(16).toString('hex'), request.command, this.sendKill));
     this.begin().then(
       () => this.request(child, request),
       (error: unknown) => child.fail(error instanceof Error ? error : new Error(String(error))),
     );
     return child;
   };
+
+  /**
+   * Known by id and token until it is gone. Apart from launch(), whose request (the environment
+   * too) any closure made there would keep for the child's whole life.
+   */
+  private track(child: RemoteChild): RemoteChild {
+    this.byId.set(child.id, child);
+    this.byToken.set(child.token, child);
+    const forget = (): void => {
+      this.byId.delete(child.id);
+      this.byToken.delete(child.token);
+    };
+    child.on('error', forget);
+    child.on('close', forget);
+    return child;
+  }
+
+  private readonly sendKill = (child: RemoteChild, signal: NodeJS.Signals): void => this.kill(child, signal);
 
   private begin(): Promise<void> {
     this.starting ??= this.start().catch((error: unknown) => {
@@ -174,7 +184,9 @@ export class SpawnHelper {
   }
 
   private accept(socket: Socket): void {
-    socket.on('error', () => socket.destroy());
+    // Not a closure here: one would share this scope and keep the header and timer for the
+    // connection's whole life.
+    socket.on('error', destroySelf);
     const timer = setTimeout(() => socket.destroy(), HEADER_TIMEOUT_MS);
     let header = Buffer.alloc(0);
     const onData = (chunk: Buffer): void => {
@@ -235,4 +247,9 @@ function findPerl(path: string | undefined): string | undefined {
 /** Whether a command line (from /proc/PID/cmdline) is a spawn helper's: for tools that measure tlsd. */
 export function isSpawnHelperCommandLine(argv: readonly string[]): boolean {
   return /(^|\/)perl$/.test(argv[0] ?? '') && argv[1] === '-e' && new RegExp(`^${ADDRESS_PREFIX}\\d+-[0-9a-f]+$`).test(argv[3] ?? '');
+}
+
+/** An 'error' listener that closes the socket it is on. */
+function destroySelf(this: Socket): void {
+  this.destroy();
 }
