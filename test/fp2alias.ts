@@ -191,7 +191,8 @@ t.test('as installed (bin/fp2alias through a symlink): Node starts without NODE_
   t.equal(viaLauncher.status, 0);
   t.equal(viaLauncher.stderr, '', 'the launcher starts Node without it');
   t.equal(viaLauncher.stdout, `alice ${extra.NODE_EXTRA_CA_CERTS} unset\n`, 'the command has it back, and nothing else');
-  const unset = await runProgram('fp2alias', ['-f', file, ...show], { env: { SHA256: alice, NODE_EXTRA_CA_CERTS: undefined }, file: installed });
+  // A saved value left in the environment (by a fp2alias that exec'd nothing, say) must not come back.
+  const unset = await runProgram('fp2alias', ['-f', file, ...show], { env: { SHA256: alice, NODE_EXTRA_CA_CERTS: undefined, TLSD_SAVED_NODE_EXTRA_CA_CERTS: '/stale' }, file: installed });
   t.equal(unset.stdout, 'alice unset unset\n', 'unset stays unset');
 });
 

@@ -222,6 +222,8 @@ t.test('syslog', async (t) => {
     await receiver.waitFor((n) => record(30, `Our certificate's SHA256: ${server.fingerprint}`).test(n.text), 'the fingerprint line');
     t.equal(await exchange(port, alice, 'via syslog\n'), 'via syslog\n');
     await receiver.waitFor((n) => record(30, `127\\.0\\.0\\.1:\\d+: connected as SERVER, peer SHA256 ${alice.fingerprint}`).test(n.text), 'the connection');
+    // Stopped once the session is over: else the last line is "Shutting down, waiting for 1 child".
+    await receiver.waitFor((n) => record(30, '127\\.0\\.0\\.1:\\d+: session ended').test(n.text), 'the end of the session');
     tlsd.proc.kill('SIGTERM');
     t.equal(await withDeadline(tlsd.exited, 10_000, 'tlsd exits'), 0);
     await receiver.waitFor((n) => record(29, 'Shutting down').test(n.text), 'Shutting down');
