@@ -1,7 +1,7 @@
 import { fp2alias, UsageError } from '../helpers/fp2alias.js';
 import { reason } from '../reason.js';
 import { commandEnvironment } from './launcher.js';
-import { createProgram, fail, logOptions, startLogging, type LogChoices } from './program.js';
+import { createProgram, exitWhenDone, logOptions, startLogging, type LogChoices } from './program.js';
 
 const program = logOptions(
   createProgram(
@@ -28,10 +28,6 @@ const cli = program.opts<CliOptions>();
 const [command, args] = program.processedArgs as [string | undefined, string[]];
 const log = startLogging(cli);
 
-// Not top-level await: this entry point is bundled as CommonJS, which starts sooner (scripts/bundle.mjs).
-fp2alias({ file: cli.file, add: cli.add === true, command, args, env: commandEnvironment(process.env), log }).then((status) => {
-    log.close();
-    process.exit(status);
-  })
-  .catch((error: unknown) => fail(log, error instanceof UsageError ? error.message : `${cli.file}: ${reason(error)}`),
+exitWhenDone(log, fp2alias({ file: cli.file, add: cli.add === true, command, args, env: commandEnvironment(process.env), log }), (error) =>
+  error instanceof UsageError ? error.message : `${cli.file}: ${reason(error)}`,
 );

@@ -4,7 +4,7 @@
  * start here), and these helpers make no TLS connections. The launcher keeps the value in
  * SAVED_VARIABLE; what the helper runs gets it back under its own name.
  */
-export const SAVED_VARIABLE = 'TLSD_SAVED_NODE_EXTRA_CA_CERTS';
+const SAVED_VARIABLE = 'TLSD_SAVED_NODE_EXTRA_CA_CERTS';
 
 /** The environment for a command a helper runs: as the helper got it before its launcher. */
 export function commandEnvironment(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {

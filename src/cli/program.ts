@@ -36,6 +36,20 @@ export function fail(log: Logger, message: string): never {
   process.exit(1);
 }
 
+/**
+ * Ends the process with the status `run` settles to, or with `fail` and the message `describe`
+ * makes of its error. A promise rather than top-level await: the helpers are bundled as CommonJS,
+ * which starts sooner (scripts/bundle.mjs).
+ */
+export function exitWhenDone(log: Logger, run: Promise<number>, describe: (error: unknown) => string): void {
+  run
+    .then((status) => {
+      log.close();
+      process.exit(status);
+    })
+    .catch((error: unknown) => fail(log, describe(error)));
+}
+
 /** The logging options every program has: -i (syslog identifier) and -e (stderr too). */
 export function logOptions(program: Command, ident: string): Command {
   return program

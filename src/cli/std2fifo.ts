@@ -1,6 +1,6 @@
 import { std2fifo } from '../helpers/std2fifo.js';
 import { reason } from '../reason.js';
-import { createProgram, fail, logOptions, startLogging, type LogChoices } from './program.js';
+import { createProgram, exitWhenDone, logOptions, startLogging, type LogChoices } from './program.js';
 
 const program = logOptions(
   createProgram(
@@ -27,10 +27,4 @@ const log = startLogging(cli);
 
 const name = process.env[cli.var] ?? program.error(`error: the environment variable ${cli.var} is not set`);
 
-// Not top-level await: this entry point is bundled as CommonJS, which starts sooner (scripts/bundle.mjs).
-std2fifo({ root, name, continuous: cli.continuous === true, log, input: process.stdin, output: process.stdout }).then((status) => {
-    log.close();
-    process.exit(status);
-  })
-  .catch((error: unknown) => fail(log, reason(error)),
-);
+exitWhenDone(log, std2fifo({ root, name, continuous: cli.continuous === true, log, input: process.stdin, output: process.stdout }), reason);

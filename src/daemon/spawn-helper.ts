@@ -54,7 +54,7 @@ export class SpawnHelper {
 
   launch = (request: LaunchRequest): ChildLike => {
     if (this.fallback) return this.fallback(request);
-    const child = this.track(new RemoteChild(this.nextId++, randomBytes(16).toString('hex'), request.command, this.sendKill));
+    const child = this.track(new RemoteChild(this.nextId++, randomBytes(16).toString('hex'), request.command, this.kill));
     this.begin().then(
       () => this.request(child, request),
       (error: unknown) => child.fail(error instanceof Error ? error : new Error(String(error))),
@@ -77,8 +77,6 @@ export class SpawnHelper {
     child.on('close', forget);
     return child;
   }
-
-  private readonly sendKill = (child: RemoteChild, signal: NodeJS.Signals): void => this.kill(child, signal);
 
   private begin(): Promise<void> {
     this.starting ??= this.start().catch((error: unknown) => {
@@ -107,9 +105,10 @@ export class SpawnHelper {
     stdin.write(Buffer.concat([header, body]));
   }
 
-  private kill(child: RemoteChild, signal: NodeJS.Signals): void {
+  /** A field, not a method: each RemoteChild keeps it, and a closure made in launch() would keep its request. */
+  private readonly kill = (child: RemoteChild, signal: NodeJS.Signals): void => {
     this.helper?.stdin?.write(`K ${child.id} ${constants.signals[signal]}\n`);
-  }
+  };
 
   private async start(): Promise<void> {
     const address = `${ADDRESS_PREFIX}${process.pid}-${randomBytes(8).toString('hex')}`;

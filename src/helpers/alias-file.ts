@@ -1,5 +1,9 @@
 import { closeSync, fchmodSync, openSync, readFileSync, writeSync, constants } from 'node:fs';
 import type { Logger } from '../logger.js';
+import { lazyModule } from '../os/lazy-module.js';
+
+// About 10 ms of fp2alias's start-up that only a registration needs.
+const lockfile = lazyModule<typeof import('proper-lockfile')>('proper-lockfile');
 
 /** A peer's identity as tlsd passes it: the lowercase hex SHA-256 of its certificate. */
 export const fingerprintPattern = /^[0-9a-f]{64}$/;
@@ -76,11 +80,9 @@ export type Registration =
  * nor the fingerprint is taken, and appended to, so that concurrent registrations land once each.
  */
 export async function registerAlias(file: string, fingerprint: string, alias: string): Promise<Registration> {
-  // Loaded here, before the file is touched: about 10 ms of fp2alias's start-up that only a
-  // registration needs.
-  const { default: lockfile } = await import('proper-lockfile');
+  const { lock } = lockfile(); // loaded before the file is touched
   createIfMissing(file);
-  const release = await lockfile.lock(file, {
+  const release = await lock(file, {
     stale: 10_000,
     retries: { retries: 200, factor: 1.3, minTimeout: 5, maxTimeout: 100, randomize: true },
   });

@@ -1,9 +1,6 @@
 import { chmodSync, lstatSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { lazyModule } from '../os/lazy-module.js';
-
-// Loaded only to make a FIFO, the first time a peer comes: with it come net and the streams.
-const childProcess = lazyModule<typeof import('node:child_process')>('node:child_process');
+import { childProcess } from '../os/lazy-module.js';
 
 export interface FifoPaths {
   dir: string;

@@ -1,16 +1,12 @@
 import type { ChildProcess } from 'node:child_process';
 import { constants } from 'node:os';
-import { lazyModule } from '../os/lazy-module.js';
+import { childProcess } from '../os/lazy-module.js';
 import { reason } from '../reason.js';
 
 /** The signals a wrapper passes on to the command it runs, as an exec'd command would get them. */
 export const forwardedSignals: NodeJS.Signals[] = ['SIGTERM', 'SIGHUP', 'SIGINT', 'SIGUSR1', 'SIGUSR2', 'SIGQUIT'];
 
 export type CommandResult = { status: number } | { failed: string; status: 126 | 127 };
-
-// Loaded when a command runs: node:child_process brings net and the streams with it, a tenth of
-// fp2alias's start-up, and `fp2alias` with no command only prints the alias.
-const childProcess = lazyModule<typeof import('node:child_process')>('node:child_process');
 
 /**
  * Runs a command in place of this process as far as Node allows (Node cannot exec): the command

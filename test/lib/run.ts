@@ -20,8 +20,8 @@ export interface RunOptions {
 }
 
 /**
- * Runs one of our programs (`process.execPath bin/NAME.js`, or `options.file`) to completion and collects its output.
- * Syslog goes to a socket that does not exist unless the caller says otherwise, so messages land
+ * Runs one of our programs (`process.execPath bin/NAME.js`, or `options.file`) to completion and
+ * collects its output. Syslog goes to a socket that does not exist unless the caller says otherwise, so messages land
  * on stderr and the test's host log stays clean.
  */
 export function runProgram(name: string, args: string[], options: RunOptions = {}): Promise<RunResult> {
