@@ -154,7 +154,7 @@ export function checkTargets(results: Results, specs: ServerSpec[], options: Ben
     measured: silent ? `${format(silent, 1)}%` : 'not measured',
     met: silent ? silent.n !== undefined && Math.abs(silent.n) < 10 : undefined,
   });
-  for (const name of ['fp2alias', 'std2fifo']) {
+  for (const name of ['fp2alias', 'std2fifo', 'std2fifo, stdin a pipe']) {
     const result = startup.find((entry) => entry.name === name);
     checks.push({
       target: `${name} starts and finishes a trivial run in < 60 ms`,

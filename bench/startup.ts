@@ -19,13 +19,16 @@ interface Run {
   readyLine?: RegExp;
   /** What stdout must hold at exit, to be sure it did its work. */
   expect?: string;
+  /** stdin a pipe closed at once, as a child of tlsd whose peer left has a socket; else /dev/null. */
+  closedPipe?: boolean;
 }
 
 /** Milliseconds from spawn to exit (or to the ready line), or an error message. */
 function timeOnce(run: Run, cwd: string, timeoutMs: number): Promise<number | string> {
   return new Promise((resolve) => {
     const start = performance.now();
-    const child = spawn(run.file, run.args, { cwd, env: { ...process.env, ...run.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(run.file, run.args, { cwd, env: { ...process.env, ...run.env }, stdio: [run.closedPipe ? 'pipe' : 'ignore', 'pipe', 'pipe'] });
+    child.stdin?.end();
     let stdout = '';
     let stderr = '';
     let readyAt: number | undefined;
@@ -33,8 +36,8 @@ function timeOnce(run: Run, cwd: string, timeoutMs: number): Promise<number | st
       child.kill('SIGKILL');
       resolve(`timeout after ${timeoutMs} ms`);
     }, timeoutMs);
-    child.stdout.on('data', (data: Buffer) => (stdout += data.toString()));
-    child.stderr.on('data', (data: Buffer) => {
+    child.stdout!.on('data', (data: Buffer) => (stdout += data.toString()));
+    child.stderr!.on('data', (data: Buffer) => {
       stderr += data.toString();
       if (readyAt === undefined && run.readyLine?.test(stderr)) {
         readyAt = performance.now() - start;
@@ -103,6 +106,11 @@ export async function measureStartup(repo: string, files: Files, repeats: number
       name: 'std2fifo',
       command: 'SHA256=<hex> bin/std2fifo DIR </dev/null',
       run: { file: 'bin/std2fifo', args: [fifoRoot], env: { SHA256: fingerprint } },
+    },
+    {
+      name: 'std2fifo, stdin a pipe',
+      command: 'SHA256=<hex> bin/std2fifo DIR, stdin a pipe closed at once',
+      run: { file: 'bin/std2fifo', args: [fifoRoot], env: { SHA256: fingerprint }, closedPipe: true },
     },
   ];
   const results: StartupResult[] = [];

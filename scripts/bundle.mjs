@@ -14,21 +14,6 @@ const common = {
 };
 const entries = (names) => Object.fromEntries(names.map((name) => [`${name}.bundle`, `dist/cli/${name}.js`]));
 
-// commander requires node:child_process (and with it net and the streams) for git-style
-// subcommands, which no program here has: give it a stand-in that loads the module if ever used.
-const lazyChildProcess = {
-  name: 'lazy-child-process',
-  setup(plugin) {
-    plugin.onResolve({ filter: /^node:child_process$/ }, (args) =>
-      /[\\/]commander[\\/]/.test(args.importer) ? { path: 'child_process', namespace: 'lazy' } : undefined,
-    );
-    plugin.onLoad({ filter: /.*/, namespace: 'lazy' }, () => ({
-      contents: "let real; module.exports = new Proxy({}, { get: (_, key) => (real ??= require('node:child_process'))[key] });",
-      loader: 'js',
-    }));
-  },
-};
-
 // tlsd and tlsd-keygen start once: ESM, as tsc wrote them. commander is CommonJS, and its require()
 // calls of Node's built-ins need a real require in ESM.
 await build({
@@ -47,8 +32,10 @@ await build({
   format: 'cjs',
   outExtension: { '.js': '.cjs' },
   define: { 'import.meta.url': 'bundleUrl' },
+  // commander only explains a command line the quick parser leaves to it (src/cli/quick-args.ts):
+  // required from node_modules then, it costs the usual run no compiling of its 57 KB.
+  external: [...common.external, 'commander'],
   banner: { js: "const bundleUrl = require('node:url').pathToFileURL(__filename).href;" },
   minifyWhitespace: true,
   minifySyntax: true,
-  plugins: [lazyChildProcess],
 });

@@ -1,7 +1,7 @@
 import { Command, InvalidArgumentError } from 'commander';
-import { Logger } from '../logger.js';
-import { reason } from '../reason.js';
 import { version } from '../version.js';
+import { logOptionSpecs, usageHint, type OptionSpec, type ProgramSpec } from './option-spec.js';
+import type { ParsedArgs } from './quick-args.js';
 
 /**
  * The conventions every program here shares: short options as the original's plus long forms,
@@ -16,7 +16,7 @@ export function createProgram(name: string, usage: string, description: string):
     .helpOption('-h, --help', 'print this help and exit')
     .version(version, '--version', 'print the version and exit')
     .passThroughOptions()
-    .showHelpAfterError(`Usage: ${name} ${usage}\nRun '${name} -h' for the options.`)
+    .showHelpAfterError(usageHint(name, usage))
     .configureHelp({ sortOptions: false });
 }
 
@@ -30,41 +30,28 @@ export function integerIn(min: number, max: number): (value: string) => number {
   };
 }
 
-/** Start-up failures: one line on stderr (and syslog), exit 1, never a stack trace. */
-export function fail(log: Logger, message: string): never {
-  log.errorToStderr(message);
-  process.exit(1);
-}
-
-/**
- * Ends the process with the status `run` settles to, or with `fail` and the message `describe`
- * makes of its error. A promise rather than top-level await: the helpers are bundled as CommonJS,
- * which starts sooner (scripts/bundle.mjs).
- */
-export function exitWhenDone(log: Logger, run: Promise<number>, describe: (error: unknown) => string): void {
-  run
-    .then((status) => {
-      log.close();
-      process.exit(status);
-    })
-    .catch((error: unknown) => fail(log, describe(error)));
-}
-
 /** The logging options every program has: -i (syslog identifier) and -e (stderr too). */
 export function logOptions(program: Command, ident: string): Command {
-  return program
-    .option('-i, --ident <ident>', 'syslog identifier', ident)
-    .option('-e, --stderr', 'print messages to stderr as well as to syslog');
+  return addOptions(program, logOptionSpecs(ident));
 }
 
-export interface LogChoices {
-  ident: string;
-  stderr?: boolean;
+function addOptions(program: Command, options: readonly OptionSpec[]): Command {
+  for (const option of options) {
+    const flags = `${option.short}, ${option.long}${option.value === undefined ? '' : ` ${option.value}`}`;
+    program.option(flags, option.description, option.default);
+  }
+  return program;
 }
 
-/** The program's logger; from here on an unexpected exception is one log line and exit 1. */
-export function startLogging(choices: LogChoices): Logger {
-  const log = new Logger({ ident: choices.ident, stderr: choices.stderr === true, syslogPath: process.env.TLSD_SYSLOG_SOCKET });
-  process.on('uncaughtException', (error) => fail(log, `internal error: ${reason(error)}`));
-  return log;
+/** The program `spec` describes. */
+export function programFromSpec(spec: ProgramSpec): Command {
+  const program = addOptions(createProgram(spec.name, spec.usage, spec.description), spec.options);
+  for (const operand of spec.operands) program.argument(operand.syntax, operand.description);
+  return program;
+}
+
+/** Parses `argv` (arguments only) with commander: prints help, the version or an error and exits when asked to. */
+export function parseWithCommander(spec: ProgramSpec, argv: readonly string[]): ParsedArgs {
+  const program = programFromSpec(spec).parse(argv, { from: 'user' });
+  return { options: program.opts(), operands: program.args };
 }

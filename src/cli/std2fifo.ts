@@ -1,30 +1,13 @@
 import { std2fifo } from '../helpers/std2fifo.js';
 import { reason } from '../reason.js';
-import { createProgram, exitWhenDone, logOptions, startLogging, type LogChoices } from './program.js';
+import { std2fifoSpec } from './helper-specs.js';
+import { exitWhenDone, startLogging, usageError } from './lifecycle.js';
+import { readCommandLine } from './quick-args.js';
 
-const program = logOptions(
-  createProgram(
-    'std2fifo',
-    '[option ...] [--] <dir>',
-    'A helper for tlsd: makes <dir>/<value of VAR>/ with the FIFOs "in" and "out", writes what it ' +
-      'reads on stdin to "out", and prints what is written to "in", until stdin ends.',
-  )
-    .option('-v, --var <var>', 'the environment variable that names the directory', 'SHA256')
-    .option('-c, --continuous', 'continuous streams: keep "out" open, do not reopen "in" after its end'),
-  'std2fifo',
-)
-  .argument('<dir>', 'the root directory, which must exist');
-
-interface CliOptions extends LogChoices {
-  var: string;
-  continuous?: boolean;
-}
-
-program.parse();
-const cli = program.opts<CliOptions>();
-const [root] = program.processedArgs as [string];
-const log = startLogging(cli);
-
-const name = process.env[cli.var] ?? program.error(`error: the environment variable ${cli.var} is not set`);
-
-exitWhenDone(log, std2fifo({ root, name, continuous: cli.continuous === true, log, input: process.stdin, output: process.stdout }), reason);
+void readCommandLine(std2fifoSpec, process.argv.slice(2)).then(({ options, operands }) => {
+  const [root] = operands as [string];
+  const variable = options.var as string;
+  const log = startLogging({ ident: options.ident as string, stderr: options.stderr === true });
+  const name = process.env[variable] ?? usageError(std2fifoSpec.name, std2fifoSpec.usage, `error: the environment variable ${variable} is not set`);
+  exitWhenDone(log, std2fifo({ root, name, continuous: options.continuous === true, log, input: process.stdin, output: () => process.stdout }), reason);
+});

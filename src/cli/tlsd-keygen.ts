@@ -4,7 +4,8 @@ import { defaultRsaBits, describeKey, keyTypes, maxRsaBits, minRsaBits, type Key
 import { formatSubject, parseSubject, SubjectError, type SubjectAttribute } from '../keygen/subject.js';
 import { absoluteName, tlsaRecord, TlsaError } from '../keygen/tlsa.js';
 import { reason } from '../reason.js';
-import { createProgram, fail, integerIn, startLogging } from './program.js';
+import { fail, startLogging } from './lifecycle.js';
+import { createProgram, integerIn } from './program.js';
 
 const makes = ['key', 'cert', 'type', 'bits', 'subject', 'days', 'force'];
 

@@ -9,7 +9,9 @@ import { handleSignals } from '../daemon/signals.js';
 import { chooseSpawner } from '../daemon/spawn-helper.js';
 import { parseSignal } from '../daemon/signal-name.js';
 import { reason } from '../reason.js';
-import { createProgram, fail, integerIn, logOptions, startLogging, type LogChoices } from './program.js';
+import { fail, startLogging } from './lifecycle.js';
+import type { LogChoices } from './option-spec.js';
+import { createProgram, integerIn, logOptions } from './program.js';
 
 const program = logOptions(
   createProgram(

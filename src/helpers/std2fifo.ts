@@ -14,7 +14,8 @@ export interface Std2fifoOptions {
   continuous: boolean;
   log: Logger;
   input: Readable;
-  output: Writable;
+  /** Called on first use: setting up process.stdout is a cost a run that prints nothing need not pay. */
+  output: () => Writable;
 }
 
 /**
@@ -80,10 +81,11 @@ const MESSAGE_ATTEMPTS = 3;
 class Inbound {
   private current: Socket | undefined;
   private ended = false;
+  private made: Writable | undefined;
 
   constructor(
     private readonly path: string,
-    private readonly output: Writable,
+    private readonly makeOutput: () => Writable,
     private readonly continuous: boolean,
     private readonly log: Logger,
   ) {
@@ -97,8 +99,13 @@ class Inbound {
 
   /** Resolves once what was copied so far has reached the output. */
   flushed(): Promise<void> {
-    if (this.ended || this.output.writableEnded) return Promise.resolve();
-    return new Promise((resolve) => this.output.write(Buffer.alloc(0), () => resolve()));
+    const output = this.made;
+    if (!output || this.ended || output.writableEnded) return Promise.resolve();
+    return new Promise((resolve) => output.write(Buffer.alloc(0), () => resolve()));
+  }
+
+  private get output(): Writable {
+    return (this.made ??= this.makeOutput());
   }
 
   private open(): void {
