@@ -3,19 +3,27 @@ import type { Readable, Writable } from 'node:stream';
 import type { Environment } from './child-env.js';
 
 /**
- * What a session needs of its child; a Node ChildProcess is one, and so is a child started by the
- * spawn helper. Events: 'spawn' once it runs and stdin and stdout are there; 'error' when it
- * cannot start (no 'spawn' then) or cannot be signalled; 'exit' (code, signal); 'close' once it
- * has exited and its stdin and stdout are closed.
+ * What a session needs of its child; a Node ChildProcess can be one (nodeLaunch), and so is a child
+ * started by the spawn helper. What happens to it is told to the ChildEvents given at launch.
  */
 export interface ChildLike {
   readonly pid?: number | undefined;
   readonly stdin: Writable | null;
   readonly stdout: Readable | null;
   kill(signal: NodeJS.Signals): boolean;
-  on(event: 'spawn' | 'close', listener: () => void): this;
-  on(event: 'error', listener: (error: Error) => void): this;
-  on(event: 'exit', listener: (code: number | null, signal: NodeJS.Signals | null) => void): this;
+}
+
+/**
+ * In the order a ChildProcess reports them: `spawned` once it runs and stdin and stdout are there;
+ * `failed` when it cannot start (nothing else then) or cannot be signalled; `exited`; `closed`
+ * once it has exited and its stdin and stdout are closed. Methods of one object rather than event
+ * listeners: the session is that object, and an idle peer pays for no closures.
+ */
+export interface ChildEvents {
+  spawned(): void;
+  failed(error: Error): void;
+  exited(code: number | null, signal: NodeJS.Signals | null): void;
+  closed(): void;
 }
 
 export interface LaunchRequest {
@@ -26,12 +34,19 @@ export interface LaunchRequest {
 }
 
 /** Starts a session's child: stdin and stdout connected to tlsd, stderr shared with tlsd. */
-export type Launch = (request: LaunchRequest) => ChildLike;
+export type Launch = (request: LaunchRequest, events: ChildEvents) => ChildLike;
 
 /**
  * Node's own spawn: a fork of the whole daemon, which costs more the bigger the heap. `coverFds` go to the child at 3, 4, … in place of
  * what it would inherit there (systemd's activated sockets have no close-on-exec flag).
  */
 export function nodeLaunch(base: Environment, coverFds: readonly number[]): Launch {
-  return ({ command, args, env }) => spawn(command, args, { stdio: ['pipe', 'pipe', 'inherit', ...coverFds], env: { ...base, ...env } });
+  return ({ command, args, env }, events) => {
+    const child = spawn(command, args, { stdio: ['pipe', 'pipe', 'inherit', ...coverFds], env: { ...base, ...env } });
+    child.on('spawn', () => events.spawned());
+    child.on('error', (error) => events.failed(error));
+    child.on('exit', (code, signal) => events.exited(code, signal));
+    child.on('close', () => events.closed());
+    return child;
+  };
 }

@@ -7,7 +7,7 @@ import { reason } from '../reason.js';
 import { AliasBook } from './alias-book.js';
 import { saveCertificate } from './cert-dir.js';
 import { baseEnvironment, connectionEnvironment, type Side } from './child-env.js';
-import { nodeLaunch, type Launch } from './child-like.js';
+import { nodeLaunch } from './child-like.js';
 import { parseDialLine, type DialTarget } from './dial-line.js';
 import { dial } from './dialer.js';
 import { loadIdentity, type Identity } from './identity.js';
@@ -16,7 +16,7 @@ import { formatAddress, Listener } from './listener.js';
 import { checkPeer, type Expectation, type TrustPolicy } from './peer-check.js';
 import { PeerTable } from './peer-table.js';
 import type { ProxyAddress } from './proxy.js';
-import { Session } from './session.js';
+import { Session, type SessionSettings } from './session.js';
 import { SpawnHelper } from './spawn-helper.js';
 
 export interface DaemonOptions {
@@ -66,14 +66,15 @@ const PROBE_INTERVAL_MS = 1_000;
 /** The tlsd core: listens, dials, and runs one session per peer within the limits. */
 export class Daemon {
   private readonly sessions = new Map<Session, PeerRow>();
-  /** How children start: through the spawn helper when there is perl, else Node's spawn. */
-  private readonly launch: Launch;
   private readonly spawner: SpawnHelper | undefined;
   private readonly peers: PeerTable;
   private readonly listener: Listener;
   private readonly trust: TrustPolicy;
+  private readonly sessionSettings: SessionSettings;
   private stopping = false;
   private reloading: Promise<void> = Promise.resolve();
+  /** Shutdown's wait for the last session. */
+  private allEnded: (() => void) | undefined;
 
   private constructor(
     private readonly options: DaemonOptions,
@@ -86,7 +87,10 @@ export class Daemon {
     const coverFds = options.activated?.length ? options.activated.map(() => openSync('/dev/null', 'r')) : [];
     const base = baseEnvironment(process.env);
     this.spawner = options.perl === undefined ? undefined : new SpawnHelper({ perl: options.perl, base, coverFds, log: options.log });
-    this.launch = this.spawner?.launch ?? nodeLaunch(base, coverFds);
+    // How children start: through the spawn helper when there is perl, else Node's spawn.
+    const launch = this.spawner?.launch ?? nodeLaunch(base, coverFds);
+    const { command, args, endSignal, log } = options;
+    this.sessionSettings = { command, args, endSignal, log, launch, ended: (session) => this.sessionEnded(session) };
     this.listener = new Listener({
       host: options.host,
       port: options.port,
@@ -98,7 +102,7 @@ export class Daemon {
       log: options.log,
       refuse: () => this.refusal(),
       onSecure: (socket, remote) => {
-        if (this.refusal() === undefined && this.peers.tryAcquire()) void this.serve(socket, 'SERVER', remote, {});
+        if (this.refusal() === undefined && this.peers.tryAcquire()) this.serve(socket, 'SERVER', remote, {});
         else this.turnAway(socket, remote, this.refusal() ?? 'peer limit reached');
       },
     });
@@ -179,7 +183,7 @@ export class Daemon {
     const count = this.sessions.size;
     this.options.log.notice(count > 0 ? `Shutting down, waiting for ${count} child${count === 1 ? '' : 'ren'}` : 'Shutting down');
     for (const session of this.sessions.keys()) session.end();
-    await Promise.all([...this.sessions.keys()].map((session) => session.done));
+    if (this.sessions.size > 0) await new Promise<void>((resolve) => (this.allEnded = resolve));
   }
 
   /** A second signal: kill what is left. */
@@ -235,23 +239,25 @@ export class Daemon {
       this.peers.release();
       return;
     }
-    await this.serve(socket, 'CLIENT', label, { pin: target.pin, host: target.host });
+    this.serve(socket, 'CLIENT', label, { pin: target.pin, host: target.host });
   }
 
-  /** A connection that holds a peer slot, from handshake to the end of its child. */
-  private async serve(socket: TLSSocket, side: Side, remote: string, expectation: Expectation): Promise<void> {
-    // Only what is needed at the end lives across the wait: a suspended async function keeps its
-    // locals, and the peer's certificate and environment would stay for the whole session.
-    const session = await this.admit(socket, side, remote, expectation);
-    if (!session) {
-      this.peers.release();
-      return;
-    }
-    await session.done;
+  /**
+   * A connection that holds a peer slot, from handshake to the end of its child (sessionEnded).
+   * Nothing waits in between: a suspended async function per idle peer would cost its memory.
+   */
+  private serve(socket: TLSSocket, side: Side, remote: string, expectation: Expectation): void {
+    void this.admit(socket, side, remote, expectation).then((session) => {
+      if (!session) this.peers.release();
+    });
+  }
+
+  private sessionEnded(session: Session): void {
     this.sessions.delete(session);
     this.peers.release();
     this.options.onPeerCount?.(this.sessions.size);
-    this.options.log.info(`${remote}: session ended`);
+    this.options.log.info(`${session.label}: session ended`);
+    if (this.sessions.size === 0) this.allEnded?.();
   }
 
   /** Checks the peer and starts its session; undefined when it is turned away or tlsd is stopping. */
@@ -278,15 +284,7 @@ export class Daemon {
     }
     const serverName = side === 'SERVER' ? serverNameOf(socket) : expectation.host && isIP(expectation.host) === 0 ? expectation.host.replace(/\.$/, '') : undefined;
     const env = connectionEnvironment(socket, { side, peer, serverName });
-    const session = new Session(socket, {
-      command: options.command,
-      args: options.args,
-      env,
-      endSignal: options.endSignal,
-      log,
-      label: remote,
-      launch: this.launch,
-    });
+    const session = new Session(socket, this.sessionSettings, remote, env);
     this.sessions.set(session, { side, remote, sha256, alias: peer.alias });
     options.onPeerCount?.(this.sessions.size);
     session.start();

@@ -3,20 +3,19 @@ import type { Logger } from '../logger.js';
 import { reason } from '../reason.js';
 import { connectionLost, descriptorOf } from '../os/tcp-probe.js';
 import type { Environment } from './child-env.js';
-import type { ChildLike, Launch } from './child-like.js';
+import type { ChildEvents, ChildLike, Launch } from './child-like.js';
 
-export interface SessionOptions {
+/** What every session of a daemon shares: made once, so that an idle peer does not pay for a copy. */
+export interface SessionSettings {
   command: string;
   args: readonly string[];
-  /** This connection's variables, added to the launcher's base environment. */
-  env: Environment;
   /** Sent to the child when its connection ends (-s); none by default: EOF on stdin says it. */
   endSignal: NodeJS.Signals | undefined;
   log: Logger;
-  /** Names the peer in log lines, e.g. `127.0.0.1:40312`. */
-  label: string;
   /** How the child is started: Node's spawn, or the spawn helper. */
   launch: Launch;
+  /** Called once, when both the connection and the child are gone. */
+  ended: (session: Session) => void;
 }
 
 /**
@@ -30,10 +29,9 @@ const SHUTDOWN_LINGER_MS = 1_000;
 /**
  * One peer: the decrypted stream wired to one child's stdin and stdout. Each direction ends on its
  * own (half-close), and nothing the child wrote is lost because the peer stopped sending, or the
- * other way round. `done` settles once both the connection and the child are gone.
+ * other way round. `settings.ended` is called once both the connection and the child are gone.
  */
-export class Session {
-  readonly done: Promise<void>;
+export class Session implements ChildEvents {
   private child: ChildLike | undefined;
   private childRunning = false;
   /** Launched, but not yet running or failed: the session waits for it either way. */
@@ -42,19 +40,19 @@ export class Session {
   private childGone = false;
   private outputFlushed = false;
   private lingerMs = LINGER_MS;
-  private settle: () => void = () => {};
-  private readonly options: Omit<SessionOptions, 'env'>;
-  /** Until the child is launched: held for the session's life it would cost every idle peer. */
-  private env: Environment | undefined;
+  private finished = false;
 
+  /**
+   * `label` names the peer in log lines (e.g. `127.0.0.1:40312`); `env` is the connection's
+   * variables, added to the launcher's base environment, and is let go once the child is launched:
+   * held for the session's life it would cost every idle peer.
+   */
   constructor(
     private readonly socket: TLSSocket,
-    { env, ...options }: SessionOptions,
-  ) {
-    this.options = options;
-    this.env = env;
-    this.done = new Promise((resolve) => (this.settle = resolve));
-  }
+    private readonly options: SessionSettings,
+    readonly label: string,
+    private env: Environment | undefined,
+  ) {}
 
   /** When the child started (ms since the epoch), for SIGUSR1's table. */
   readonly startedAt = Date.now();
@@ -75,7 +73,7 @@ export class Session {
   start(): void {
     const { socket, options } = this;
     socket.on('error', (error) => {
-      if (!this.socketClosed) options.log.info(`${options.label}: connection error: ${reason(error)}`);
+      if (!this.socketClosed) options.log.info(`${this.label}: connection error: ${reason(error)}`);
       // A TLS protocol error (a malformed record, a fatal alert) leaves Node's socket open.
       socket.destroy();
     });
@@ -85,48 +83,33 @@ export class Session {
       this.lingerIfDone();
     });
 
-    let child: ChildLike;
     try {
       const env = this.env!;
       this.env = undefined;
-      child = options.launch({ command: options.command, args: options.args, env });
+      this.child = options.launch({ command: options.command, args: options.args, env }, this);
     } catch (error) {
       this.onSpawnFailed(error);
       return;
     }
-    this.child = child;
     this.childStarting = true;
-    child.on('error', (error) => {
-      if (!this.childStarting) {
-        options.log.warning(`${options.label}: child ${child.pid}: ${reason(error)}`);
-        return;
-      }
-      this.childStarting = false;
-      this.onSpawnFailed(error);
-    });
-    child.on('spawn', () => {
-      this.childStarting = false;
-      this.onSpawned(child);
-    });
-    child.on('exit', (code, signal) => {
-      this.childRunning = false;
-      options.log.info(`${options.label}: child ${child.pid} ${describeExit(code, signal)}`);
-      if (this.socketClosed) this.releaseChild();
-    });
-    child.on('close', () => this.onChildGone());
   }
 
-  private onSpawned(child: ChildLike): void {
+  // The child's events (ChildEvents), in the order it reports them.
+
+  spawned(): void {
     const { socket, options } = this;
+    const child = this.child!;
+    this.childStarting = false;
     this.childRunning = true;
-    options.log.info(`${options.label}: started child ${child.pid}`);
+    options.log.info(`${this.label}: started child ${child.pid}`);
     const stdin = child.stdin!;
     const stdout = child.stdout!;
     // A child that exits without reading its input must not cost the peer the output it made:
     // from then on the peer's data is read and dropped. A stream that is already closed reports
     // no write error at all (the helper's child may be gone before it is wired), hence 'close'.
-    stdin.on('error', () => this.discardInput());
-    stdin.on('close', () => this.discardInput());
+    const discard = (): void => this.discardInput();
+    stdin.on('error', discard);
+    stdin.on('close', discard);
     if (this.socketClosed) {
       // The peer left while the child was starting: it gets EOF (and -s) at once.
       this.cutOffChild();
@@ -135,6 +118,25 @@ export class Session {
     if (stdin.destroyed) this.discardInput();
     else socket.pipe(stdin);
     stdout.pipe(socket);
+  }
+
+  failed(error: Error): void {
+    if (!this.childStarting) {
+      this.options.log.warning(`${this.label}: child ${this.child?.pid}: ${reason(error)}`);
+      return;
+    }
+    this.childStarting = false;
+    this.onSpawnFailed(error);
+  }
+
+  exited(code: number | null, signal: NodeJS.Signals | null): void {
+    this.childRunning = false;
+    this.options.log.info(`${this.label}: child ${this.child?.pid} ${describeExit(code, signal)}`);
+    if (this.socketClosed) this.releaseChild();
+  }
+
+  closed(): void {
+    this.onChildGone();
   }
 
   /**
@@ -147,7 +149,7 @@ export class Session {
     const fd = descriptorOf(socket);
     const lost = fd === undefined ? undefined : connectionLost(fd);
     if (lost === undefined) return;
-    this.options.log.info(`${this.options.label}: connection lost (${lost})`);
+    this.options.log.info(`${this.label}: connection lost (${lost})`);
     socket.destroy();
   }
 
@@ -166,7 +168,7 @@ export class Session {
 
   private onSpawnFailed(error: unknown): void {
     const { options } = this;
-    options.log.error(`${options.label}: cannot run ${JSON.stringify(options.command)}: ${reason(error)}`);
+    options.log.error(`${this.label}: cannot run ${JSON.stringify(options.command)}: ${reason(error)}`);
     this.socket.unpipe();
     this.discardInput();
     this.socket.end();
@@ -234,7 +236,9 @@ export class Session {
   }
 
   private finishIfDone(): void {
-    if (this.socketClosed && this.childGone) this.settle();
+    if (!this.socketClosed || !this.childGone || this.finished) return;
+    this.finished = true;
+    this.options.ended(this);
   }
 }
 

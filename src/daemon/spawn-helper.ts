@@ -9,8 +9,8 @@ import type { Logger } from '../logger.js';
 import { reason } from '../reason.js';
 import { errnoName } from '../os/errno.js';
 import type { Environment } from './child-env.js';
-import { nodeLaunch, type ChildLike, type Launch, type LaunchRequest } from './child-like.js';
-import { RemoteChild } from './remote-child.js';
+import { nodeLaunch, type ChildEvents, type ChildLike, type Launch, type LaunchRequest } from './child-like.js';
+import { RemoteChild, type RemoteChildOwner } from './remote-child.js';
 import { SPAWN_HELPER_SCRIPT } from './spawn-helper-script.js';
 
 const ADDRESS_PREFIX = 'tlsd-spawn-';
@@ -52,31 +52,17 @@ export class SpawnHelper {
     await this.begin().catch(() => {});
   }
 
-  launch = (request: LaunchRequest): ChildLike => {
-    if (this.fallback) return this.fallback(request);
-    const child = this.track(new RemoteChild(this.nextId++, randomBytes(16).toString('hex'), request.command, this.kill));
+  launch = (request: LaunchRequest, events: ChildEvents): ChildLike => {
+    if (this.fallback) return this.fallback(request, events);
+    const child = new RemoteChild(this.nextId++, randomBytes(16).toString('hex'), request.command, this.owner, events);
+    this.byId.set(child.id, child);
+    this.byToken.set(child.token, child);
     this.begin().then(
       () => this.request(child, request),
       (error: unknown) => child.fail(error instanceof Error ? error : new Error(String(error))),
     );
     return child;
   };
-
-  /**
-   * Known by id and token until it is gone. Apart from launch(), whose request (the environment
-   * too) any closure made there would keep for the child's whole life.
-   */
-  private track(child: RemoteChild): RemoteChild {
-    this.byId.set(child.id, child);
-    this.byToken.set(child.token, child);
-    const forget = (): void => {
-      this.byId.delete(child.id);
-      this.byToken.delete(child.token);
-    };
-    child.on('error', forget);
-    child.on('close', forget);
-    return child;
-  }
 
   private begin(): Promise<void> {
     this.starting ??= this.start().catch((error: unknown) => {
@@ -105,9 +91,18 @@ export class SpawnHelper {
     stdin.write(Buffer.concat([header, body]));
   }
 
-  /** A field, not a method: each RemoteChild keeps it, and a closure made in launch() would keep its request. */
-  private readonly kill = (child: RemoteChild, signal: NodeJS.Signals): void => {
-    this.helper?.stdin?.write(`K ${child.id} ${constants.signals[signal]}\n`);
+  /**
+   * One object all children share: a closure made per child in launch() would keep its request
+   * (the environment too) for the child's whole life.
+   */
+  private readonly owner: RemoteChildOwner = {
+    kill: (child, signal) => {
+      this.helper?.stdin?.write(`K ${child.id} ${constants.signals[signal]}\n`);
+    },
+    forget: (child) => {
+      this.byId.delete(child.id);
+      this.byToken.delete(child.token);
+    },
   };
 
   private async start(): Promise<void> {
