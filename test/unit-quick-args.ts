@@ -117,6 +117,24 @@ for (const [spec, lines] of [
   });
 }
 
+t.test('option names as commander makes them; negatable options left to commander', async (t) => {
+  const spec: ProgramSpec = {
+    name: 'demo',
+    usage: '[option ...]',
+    description: 'a made-up program',
+    options: [
+      { short: '-t', long: '--two-words', value: '<v>', description: 'two words' },
+      { short: '-d', long: '--dash-2x', description: 'a digit after a dash' },
+    ],
+    operands: [],
+  };
+  const argv = ['-t', 'V', '-d'];
+  t.same(quickParse(spec, argv), { options: { twoWords: 'V', dash2x: true }, operands: [] });
+  t.same(quickParse(spec, argv), commanderParse(spec, argv));
+  const negatable: ProgramSpec = { ...spec, options: [{ short: '-n', long: '--no-syslog', description: 'off' }] };
+  t.equal(quickParse(negatable, ['-n']), undefined, '--no-x: commander reads it as x turned off');
+});
+
 t.test('the lines the docs and examples use take the quick path', async (t) => {
   const common: Array<[ProgramSpec, string[]]> = [
     [std2fifoSpec, ['/var/lib/tlsd/fifos']],

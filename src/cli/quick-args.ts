@@ -15,6 +15,8 @@ export interface ParsedArgs {
  * about 10 ms (docs/performance.md); test/unit-quick-args.ts holds the two parsers to one result.
  */
 export function quickParse(spec: ProgramSpec, argv: readonly string[]): ParsedArgs | undefined {
+  // commander reads `--no-x` as x turned off; no helper has one, and this parser does not try.
+  if (spec.options.some((option) => option.long.startsWith('--no-'))) return undefined;
   const options: Record<string, string | true> = {};
   for (const option of spec.options) if (option.default !== undefined) options[keyOf(option)] = option.default;
   const byFlag = new Map<string, OptionSpec>();
@@ -69,14 +71,30 @@ export function quickParse(spec: ProgramSpec, argv: readonly string[]): ParsedAr
 
 /** As commander names an option's value: `--some-thing` → `someThing`. */
 function keyOf(option: OptionSpec): string {
-  return option.long.slice(2).replace(/-([a-z])/g, (_, letter: string) => letter.toUpperCase());
+  return option.long
+    .slice(2)
+    .split('-')
+    .reduce((name, word) => name + word.charAt(0).toUpperCase() + word.slice(1));
 }
 
 function isOption(arg: string): boolean {
   return arg.length > 1 && arg[0] === '-';
 }
 
-/** A helper's command line: read here when it parses cleanly, else by commander, which may print and exit. */
+/**
+ * A helper's command line: read here when it parses cleanly, else by commander, which may print
+ * and exit. program.ts is our own module, so it is imported rather than loaded with lazyModule
+ * (which is for packages and built-ins); the bundles keep it, and the commander it requires, unrun
+ * until then.
+ */
 export async function readCommandLine(spec: ProgramSpec, argv: readonly string[]): Promise<ParsedArgs> {
   return quickParse(spec, argv) ?? (await import('./program.js')).parseWithCommander(spec, argv);
+}
+
+/** The value of an option that has one (given, or its default). */
+export function optionValue(parsed: ParsedArgs, name: string): string {
+  const value = parsed.options[name];
+  // Only a spec and a program that disagree on the option's name get here: a bug, not bad input.
+  if (typeof value !== 'string') throw new Error(`the option --${name} has no value`);
+  return value;
 }

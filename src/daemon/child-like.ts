@@ -15,9 +15,10 @@ export interface ChildLike {
 
 /**
  * In the order a ChildProcess reports them: `spawned` once it runs and stdin and stdout are there;
- * `failed` when it cannot start (nothing else then) or cannot be signalled; `exited`; `closed`
- * once it has exited and its stdin and stdout are closed. Methods of one object rather than event
- * listeners: the session is that object, and an idle peer pays for no closures.
+ * `failed` when it cannot start (then no `spawned` or `exited`; Node's spawn still reports
+ * `closed`, the spawn helper does not) or cannot be signalled; `exited`; `closed` once it has
+ * exited and its stdin and stdout are closed. Methods of one object rather than event listeners:
+ * the session is that object, and an idle peer pays for no closures.
  */
 export interface ChildEvents {
   spawned(): void;

@@ -73,8 +73,9 @@ export class Daemon {
   private readonly sessionSettings: SessionSettings;
   private stopping = false;
   private reloading: Promise<void> = Promise.resolve();
-  /** Shutdown's wait for the last session. */
-  private allEnded: (() => void) | undefined;
+  /** Settles when the last session has ended, once shutdown has begun. */
+  private drained: Promise<void> | undefined;
+  private lastSessionEnded: (() => void) | undefined;
 
   private constructor(
     private readonly options: DaemonOptions,
@@ -174,7 +175,8 @@ export class Daemon {
    * SIGTERM/SIGINT: stop accepting and dialing, let every child see EOF (and the -s signal),
    * deliver what they still write, and resolve once all of them are gone.
    */
-  async shutdown(): Promise<void> {
+  shutdown(): Promise<void> {
+    if (this.drained) return this.drained;
     this.stopping = true;
     this.listener.close();
     this.options.dialInput?.destroy();
@@ -183,7 +185,8 @@ export class Daemon {
     const count = this.sessions.size;
     this.options.log.notice(count > 0 ? `Shutting down, waiting for ${count} child${count === 1 ? '' : 'ren'}` : 'Shutting down');
     for (const session of this.sessions.keys()) session.end();
-    if (this.sessions.size > 0) await new Promise<void>((resolve) => (this.allEnded = resolve));
+    this.drained = this.sessions.size === 0 ? Promise.resolve() : new Promise((resolve) => (this.lastSessionEnded = resolve));
+    return this.drained;
   }
 
   /** A second signal: kill what is left. */
@@ -247,9 +250,17 @@ export class Daemon {
    * Nothing waits in between: a suspended async function per idle peer would cost its memory.
    */
   private serve(socket: TLSSocket, side: Side, remote: string, expectation: Expectation): void {
-    void this.admit(socket, side, remote, expectation).then((session) => {
-      if (!session) this.peers.release();
-    });
+    this.admit(socket, side, remote, expectation).then(
+      (session) => {
+        if (!session) this.peers.release();
+      },
+      (error: unknown) => {
+        // A fault of ours while admitting one peer ends that connection, not the daemon.
+        this.options.log.error(`${remote}: ${reason(error)}, connection closed`);
+        socket.destroy();
+        this.peers.release();
+      },
+    );
   }
 
   private sessionEnded(session: Session): void {
@@ -257,7 +268,7 @@ export class Daemon {
     this.peers.release();
     this.options.onPeerCount?.(this.sessions.size);
     this.options.log.info(`${session.label}: session ended`);
-    if (this.sessions.size === 0) this.allEnded?.();
+    if (this.sessions.size === 0) this.lastSessionEnded?.();
   }
 
   /** Checks the peer and starts its session; undefined when it is turned away or tlsd is stopping. */

@@ -135,6 +135,7 @@ export class Session implements ChildEvents {
     if (this.socketClosed) this.releaseChild();
   }
 
+  /** Also after `failed` (Node's spawn reports both), which onChildGone has already seen to. */
   closed(): void {
     this.onChildGone();
   }
