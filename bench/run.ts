@@ -88,7 +88,7 @@ function report(options: BenchOptions, machine: Machine, specs: ServerSpec[], re
   lines.push('- "deadlock": no byte moved either way for the stall timeout while bytes were still owed; the run went on with the next load.');
   lines.push('');
   if (startup.length > 0) {
-    lines.push('Start-up, whole processes:');
+    lines.push(`Start-up, whole processes (${options.startupRepeats} runs each, before the other loads: the idle phase leaves the machine loaded for minutes):`);
     lines.push('');
     lines.push(startupTable(startup));
     lines.push('');
@@ -176,6 +176,13 @@ async function main(): Promise<void> {
         .join(' ');
       log(`${phase === 'idle' ? 'idle ' : ''}round ${round}/${rounds} ${spec.name} (${((Date.now() - t0) / 1000).toFixed(0)} s, load ${os.loadavg()[0]!.toFixed(2)}): ${brief}`);
     };
+    // Start-up first, on a quiet machine: after the idle phase, thousands of exiting children keep
+    // the load average in the hundreds for minutes, and a whole-process time shows it most.
+    let startup: StartupResult[] = [];
+    if (options.loads.has('startup')) {
+      startup = await measureStartup(repo, files, options.startupRepeats);
+      log(`start-up: ${startup.map((result) => `${result.name} ${result.medianMs?.toFixed(0) ?? result.error}`).join(', ')}`);
+    }
     if (options.loads.size > (options.loads.has('idle') ? 1 : 0) + (options.loads.has('startup') ? 1 : 0))
       for (let round = 1; round <= options.rounds; round++) for (const spec of specs) await measure(spec, 'main', round, options.rounds);
     if (options.loads.has('idle')) {
@@ -187,11 +194,6 @@ async function main(): Promise<void> {
         }
     }
 
-    let startup: StartupResult[] = [];
-    if (options.loads.has('startup')) {
-      startup = await measureStartup(repo, files, options.startupRepeats);
-      log(`start-up: ${startup.map((result) => `${result.name} ${result.medianMs?.toFixed(0) ?? result.error}`).join(', ')}`);
-    }
 
     let profile: string | undefined;
     if (options.profile) {
