@@ -77,6 +77,7 @@ export async function measureServer(spec: ServerSpec, options: BenchOptions, fil
         if (result.done > 0) {
           figures.cpuOwn = { n: (after.own - before.own) / result.done };
           figures.cpuTree = { n: (after.own + after.children - before.own - before.children) / result.done };
+          figures.cpuGenerator = { n: result.generatorCpuMs / result.done };
         }
         figures.protocol = { note: result.protocol };
       }

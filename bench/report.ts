@@ -20,6 +20,7 @@ export function rows(options: BenchOptions): Row[] {
     { key: 'latP99', label: 'latency, 1 in flight: p99, ms', digits: 2 },
     { key: 'cpuOwn', label: "CPU per conn, daemon's own, ms", digits: 2 },
     { key: 'cpuTree', label: 'CPU per conn, with reaped children, ms', digits: 2 },
+    { key: 'cpuGenerator', label: "CPU per conn, the load generator's, ms", digits: 2 },
     { key: 'bulk', label: `bulk echo ${options.bulkMiB} MiB through cat: MiB/s`, digits: 0 },
     { key: 'download', label: `download ${options.downloadMiB} MiB (cat FILE): MiB/s`, digits: 0 },
   ];
