@@ -45,7 +45,7 @@ export function cpuTimes(pid: number): CpuTimes {
 }
 
 /**
- * The server's own processes: the server, and tlsd's spawn helper (a perl child that starts the
+ * The server's own processes: the server, and tlsd's spawn helper (a child that starts the
  * sessions' children), whose CPU and memory are the daemon's as much as the main process's.
  */
 export function daemonPids(pid: number): number[] {
@@ -53,7 +53,7 @@ export function daemonPids(pid: number): number[] {
   for (const entry of readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
     try {
-      if (Number(statFields(Number(entry))[1]) === pid && readFileSync(`/proc/${entry}/comm`, 'utf8').trim() === 'perl') own.push(Number(entry));
+      if (Number(statFields(Number(entry))[1]) === pid && readFileSync(`/proc/${entry}/comm`, 'utf8').startsWith('tlsd-spawn-')) own.push(Number(entry));
     } catch {
       // gone meanwhile
     }

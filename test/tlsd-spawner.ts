@@ -1,4 +1,3 @@
-import { execFileSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
@@ -17,15 +16,6 @@ function parentOf(pid: number): number {
   const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
   return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
 }
-
-const perl = ((): boolean => {
-  try {
-    execFileSync('sh', ['-c', 'command -v perl'], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-})();
 
 async function sameBehaviour(t: Test, env: NodeJS.ProcessEnv, throughHelper: boolean): Promise<void> {
   const tlsd = await startTlsd(t, { identity: server, command: REPORT, env: { ...quietSyslog, TLSD_TEST_EXTRA: 'kept', ...env } });
@@ -54,9 +44,19 @@ async function sameBehaviour(t: Test, env: NodeJS.ProcessEnv, throughHelper: boo
   t.equal(await exchange(missing.port, alice, 'x\n'), '', 'a command that cannot start: the peer gets nothing');
   await missing.waitFor(/cannot run "tlsd-test-no-such-command": spawn tlsd-test-no-such-command ENOENT$/m);
   t.pass('and the log line names the command and ENOENT');
+  const notExecutable = join(tempDir(), 'not-executable');
+  writeFileSync(notExecutable, '#!/bin/sh\necho ran\n', { mode: 0o644 });
+  const refused = await startTlsd(t, { identity: server, command: [notExecutable], env: { ...quietSyslog, ...env } });
+  t.equal(await exchange(refused.port, alice, 'x\n'), '', 'a command that may not be executed: the peer gets nothing');
+  await refused.waitFor(new RegExp(`cannot run "${notExecutable}": spawn ${notExecutable} EACCES$`, 'm'));
+  t.pass('and the log line says EACCES');
+  // A request far larger than what the helper reads at once: two arguments of 100,000 bytes.
+  const long = ['a', 'b'].map((letter) => letter.repeat(100_000));
+  const big = await startTlsd(t, { identity: server, command: ['sh', '-c', 'echo "${#1} ${#2} $(printf %s "$1$2" | tr -d ab | wc -c)"', 'sh', ...long], env: { ...quietSyslog, ...env } });
+  t.equal(await exchange(big.port, alice, ''), '100000 100000 0\n', 'long arguments reach the child whole');
 }
 
-t.test('children start through the spawn helper (perl) by default', { skip: !perl && 'no perl here' }, async (t) => {
+t.test('children start through the spawn helper by default', async (t) => {
   await sameBehaviour(t, {}, true);
 });
 
@@ -64,13 +64,7 @@ t.test('TLSD_SPAWNER=node: Node spawns the children itself, with the same behavi
   await sameBehaviour(t, { TLSD_SPAWNER: 'node' }, false);
 });
 
-t.test('without perl on PATH tlsd uses Node spawn', async (t) => {
-  const tlsd = await startTlsd(t, { identity: server, command: ['/bin/sh', '-c', 'echo "ppid=$PPID"'], env: { ...quietSyslog, PATH: '/nonexistent-tlsd-test' } });
-  const reply = Object.fromEntries(keyValues(await exchange(tlsd.port, alice, '')));
-  t.equal(Number(reply.ppid), tlsd.proc.pid);
-});
-
-t.test('a spawn helper that dies is logged and replaced; sessions it started still end', { skip: !perl && 'no perl here' }, async (t) => {
+t.test('a spawn helper that dies is logged and replaced; sessions it started still end', async (t) => {
   const tlsd = await startTlsd(t, { identity: server, command: ['sh', '-c', 'echo "ppid=$PPID"; cat'], env: quietSyslog });
   const socket = await connectTls(tlsd.port, alice);
   let heard = '';
@@ -89,13 +83,20 @@ t.test('a spawn helper that dies is logged and replaced; sessions it started sti
   t.ok(isSpawnHelper(Number(next.ppid)) && Number(next.ppid) !== helper, 'the next child comes from a new helper');
 });
 
-t.test('a perl that cannot run the helper: logged once, and children start with Node spawn', async (t) => {
+t.test('a spawn helper that is missing or cannot run: logged once, and children start with Node spawn', async (t) => {
   const dir = tempDir();
-  writeFileSync(join(dir, 'perl'), '#!/bin/sh\nexit 3\n', { mode: 0o755 });
-  const tlsd = await startTlsd(t, { identity: server, command: ['/bin/sh', '-c', 'echo "ppid=$PPID"'], env: { ...quietSyslog, PATH: `${dir}:${process.env.PATH}` } });
-  t.match(tlsd.stderr(), /Cannot start the spawn helper \(.*\/perl\): it exited with status 3 before it was ready; children start with Node's spawn/);
-  const reply = Object.fromEntries(keyValues(await exchange(tlsd.port, alice, '')));
-  t.equal(Number(reply.ppid), tlsd.proc.pid, "the child's parent is tlsd");
-  t.equal((await exchange(tlsd.port, alice, '')).startsWith('ppid='), true, 'and the next one too');
-  t.equal(countMatches(tlsd.stderr(), /Cannot start the spawn helper/), 1, 'the failure is logged once');
+  const broken = join(dir, 'broken-helper');
+  writeFileSync(broken, '#!/bin/sh\nexit 3\n', { mode: 0o755 });
+  const cases = [
+    { helper: broken, why: 'it exited with status 3 before it was ready' },
+    { helper: join(dir, 'no-such-helper'), why: 'spawn .*no-such-helper ENOENT' },
+  ];
+  for (const { helper, why } of cases) {
+    const tlsd = await startTlsd(t, { identity: server, command: ['/bin/sh', '-c', 'echo "ppid=$PPID"'], env: { ...quietSyslog, TLSD_SPAWNER: helper } });
+    t.match(tlsd.stderr(), new RegExp(`Cannot start the spawn helper \\(${helper}\\): ${why}; children start with Node's spawn`), helper);
+    const reply = Object.fromEntries(keyValues(await exchange(tlsd.port, alice, '')));
+    t.equal(Number(reply.ppid), tlsd.proc.pid, "the child's parent is tlsd");
+    t.equal((await exchange(tlsd.port, alice, '')).startsWith('ppid='), true, 'and the next one too');
+    t.equal(countMatches(tlsd.stderr(), /Cannot start the spawn helper/), 1, 'the failure is logged once');
+  }
 });

@@ -107,7 +107,7 @@ try {
     maxPerAddress: cli.maxPerIp,
     maxHandshakes: cli.maxHandshakes,
     handshakeTimeoutMs: cli.handshakeTimeout * 1000,
-    perl: chooseSpawner(process.env),
+    spawnHelper: chooseSpawner(process.env),
     dialInput: process.stdin,
     onPeerCount: (count) => notifier.status(peerStatus(count)),
     beforeServing: () => dropPrivileges(becomes),

@@ -47,8 +47,8 @@ export interface DaemonOptions {
   activated?: readonly number[];
   /** Told whenever the number of peers changes (systemd's STATUS=). */
   onPeerCount?: (count: number) => void;
-  /** perl for the spawn helper (see spawn-helper-script.ts); Node's spawn when undefined. */
-  perl?: string;
+  /** The spawn helper program (src/native/spawn-helper.c); Node's spawn when undefined. */
+  spawnHelper?: string;
   /** Called once bound and the key read, before serving: the CLI drops privileges here. */
   beforeServing?: () => void;
   /** `host port` lines to dial; none when undefined. */
@@ -87,8 +87,8 @@ export class Daemon {
     // What children get at descriptors 3, 4, … in place of activated sockets.
     const coverFds = options.activated?.length ? options.activated.map(() => openSync('/dev/null', 'r')) : [];
     const base = baseEnvironment(process.env);
-    this.spawner = options.perl === undefined ? undefined : new SpawnHelper({ perl: options.perl, base, coverFds, log: options.log });
-    // How children start: through the spawn helper when there is perl, else Node's spawn.
+    this.spawner = options.spawnHelper === undefined ? undefined : new SpawnHelper({ program: options.spawnHelper, base, coverFds, log: options.log });
+    // How children start: through the spawn helper, else (off Linux, or asked to) Node's spawn.
     const launch = this.spawner?.launch ?? nodeLaunch(base, coverFds);
     const { command, args, endSignal, log } = options;
     this.sessionSettings = { command, args, endSignal, log, launch, ended: (session) => this.sessionEnded(session) };

@@ -1,9 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { accessSync, constants as fsConstants } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { constants } from 'node:os';
-import { delimiter, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import type { Logger } from '../logger.js';
 import { reason } from '../reason.js';
@@ -11,7 +9,7 @@ import { errnoName } from '../os/errno.js';
 import type { Environment } from './child-env.js';
 import { nodeLaunch, type ChildEvents, type ChildLike, type Launch, type LaunchRequest } from './child-like.js';
 import { RemoteChild, type RemoteChildOwner } from './remote-child.js';
-import { SPAWN_HELPER_SCRIPT } from './spawn-helper-script.js';
+import { builtSpawnHelper } from '../native-programs.js';
 
 const ADDRESS_PREFIX = 'tlsd-spawn-';
 const HEADER_BYTES = 34; // 32 hex digits of token, `i` or `o`, newline
@@ -19,7 +17,8 @@ const HEADER_TIMEOUT_MS = 5_000;
 const signalNames = new Map<number, NodeJS.Signals>(Object.entries(constants.signals).map(([name, value]) => [value, name as NodeJS.Signals]));
 
 export interface SpawnHelperOptions {
-  perl: string;
+  /** The helper program (src/native/spawn-helper.c). */
+  program: string;
   /** The helper's own environment, which each child gets with its connection's variables added. */
   base: Environment;
   /** What the helper (and so every child) gets at descriptors 3, 4, …; see nodeLaunch. */
@@ -28,7 +27,10 @@ export interface SpawnHelperOptions {
 }
 
 /**
- * Starts children through the spawn helper (see spawn-helper-script.ts). The helper and the Unix
+ * Starts children through the spawn helper (src/native/spawn-helper.c; the protocol is described
+ * there). Node starts a child by forking the whole daemon, which costs milliseconds of the event
+ * loop per connection and grows with the heap; the helper starts each with posix_spawn (vfork and
+ * exec), a fraction of that, on the other core. The helper and the Unix
  * socket its children's stdio connects to are made by ready(), which tlsd calls once it has
  * dropped its privileges; if the helper dies, the next child starts a new one.
  */
@@ -66,7 +68,7 @@ export class SpawnHelper {
 
   private begin(): Promise<void> {
     this.starting ??= this.start().catch((error: unknown) => {
-      this.options.log.error(`Cannot start the spawn helper (${this.options.perl}): ${reason(error)}; children start with Node's spawn`);
+      this.options.log.error(`Cannot start the spawn helper (${this.options.program}): ${reason(error)}; children start with Node's spawn`);
       this.fallback = nodeLaunch(this.options.base, this.options.coverFds);
       throw error;
     });
@@ -132,9 +134,9 @@ export class SpawnHelper {
     helper.once('exit', (code, signal) => this.helperGone(helper, code, signal));
   }
 
-  /** Starts perl with the script; resolves once it says it is ready, its reports wired to report(). */
+  /** Starts the helper; resolves once it says it is ready, its reports wired to report(). */
   private async runHelper(address: string): Promise<ChildProcess> {
-    const helper = spawn(this.options.perl, ['-e', SPAWN_HELPER_SCRIPT, address], { stdio: ['pipe', 'pipe', 'inherit', ...this.options.coverFds], env: this.options.base });
+    const helper = spawn(this.options.program, [address], { stdio: ['pipe', 'pipe', 'inherit', ...this.options.coverFds], env: this.options.base });
     await new Promise<void>((resolve, reject) => {
       helper.once('error', reject);
       helper.once('spawn', () => {
@@ -215,32 +217,18 @@ export class SpawnHelper {
 }
 
 /**
- * The perl to run the spawn helper with, or undefined for Node's own spawn: when
- * `TLSD_SPAWNER=node`, when there is no perl on PATH, and off Linux (the helper's socket lives in
- * Linux's abstract namespace).
+ * The spawn helper to start children with, or undefined for Node's own spawn: `TLSD_SPAWNER=node`,
+ * or off Linux (the helper's socket lives in Linux's abstract namespace). `TLSD_SPAWNER=PATH` names
+ * another build of the helper; by default it is the one built with tlsd.
  */
 export function chooseSpawner(env: NodeJS.ProcessEnv): string | undefined {
   if (env.TLSD_SPAWNER === 'node' || process.platform !== 'linux') return undefined;
-  return findPerl(env.PATH);
-}
-
-function findPerl(path: string | undefined): string | undefined {
-  for (const dir of (path ?? '/usr/bin:/bin').split(delimiter)) {
-    if (dir === '') continue;
-    const candidate = join(dir, 'perl');
-    try {
-      accessSync(candidate, fsConstants.X_OK);
-      return candidate;
-    } catch {
-      // not here
-    }
-  }
-  return undefined;
+  return env.TLSD_SPAWNER || builtSpawnHelper;
 }
 
 /** Whether a command line (from /proc/PID/cmdline) is a spawn helper's: for tools that measure tlsd. */
 export function isSpawnHelperCommandLine(argv: readonly string[]): boolean {
-  return /(^|\/)perl$/.test(argv[0] ?? '') && argv[1] === '-e' && new RegExp(`^${ADDRESS_PREFIX}\\d+-[0-9a-f]+$`).test(argv[3] ?? '');
+  return new RegExp(`^${ADDRESS_PREFIX}\\d+-[0-9a-f]+$`).test(argv[1] ?? '');
 }
 
 /** An 'error' listener that closes the socket it is on. */

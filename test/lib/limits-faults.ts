@@ -109,7 +109,7 @@ export function childrenOf(parent: number): ProcessEntry[] {
   return found.flatMap((child) => (isSpawnHelper(child.pid) ? childrenOf(child.pid) : [child]));
 }
 
-/** tlsd's spawn helper: perl, started with the helper's socket name (src/daemon/spawn-helper.ts). */
+/** tlsd's spawn helper, known by the socket name it is started with (src/daemon/spawn-helper.ts). */
 export function isSpawnHelper(pid: number): boolean {
   try {
     return isSpawnHelperCommandLine(readFileSync(`/proc/${pid}/cmdline`, 'latin1').split('\0'));

@@ -1,0 +1,10 @@
+{
+  "targets": [
+    {
+      "target_name": "tlsd-spawn-helper",
+      "type": "executable",
+      "sources": ["src/native/spawn-helper.c"],
+      "cflags": ["-O2", "-Wall", "-Wextra"]
+    }
+  ]
+}
