@@ -4,7 +4,8 @@
       "target_name": "tlsd-spawn-helper",
       "type": "executable",
       "sources": ["src/native/spawn-helper.c"],
-      "cflags": ["-O2", "-Wall", "-Wextra"]
+      "cflags": ["-O2", "-Wall", "-Wextra"],
+      "ldflags": ["-Wl,-z,now"]
     }
   ]
 }

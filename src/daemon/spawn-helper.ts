@@ -29,8 +29,8 @@ export interface SpawnHelperOptions {
 /**
  * Starts children through the spawn helper (src/native/spawn-helper.c; the protocol is described
  * there). Node starts a child by forking the whole daemon, which costs milliseconds of the event
- * loop per connection and grows with the heap; the helper starts each with posix_spawn (vfork and
- * exec), a fraction of that, on the other core. The helper and the Unix
+ * loop per connection and grows with the heap; the helper starts each with vfork and exec, a
+ * fraction of that, on the other core. The helper and the Unix
  * socket its children's stdio connects to are made by ready(), which tlsd calls once it has
  * dropped its privileges; if the helper dies, the next child starts a new one.
  */

@@ -29,8 +29,12 @@
 
 extern char **environ;
 
-/* The daemon manages shutdown; the helper leaves when its stdin ends. Children get the defaults. */
-static const int ignored[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
+/*
+ * The daemon manages shutdown; the helper leaves when its stdin ends, or when a report cannot be
+ * written (SIGPIPE ignored for that). Children get the default dispositions back.
+ */
+static const int ignored[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGPIPE};
+static const struct sigaction default_disposition = {.sa_handler = SIG_DFL};
 
 static struct sockaddr_un address;
 static socklen_t address_length;
@@ -111,25 +115,25 @@ static map id_of_pid, pid_of_id;
 
 /* ---- reports, written out once per turn of the loop ---- */
 
-static char out[65536];
-static size_t out_length;
+static char reports[65536];
+static size_t pending;
 
 static void flush_reports(void) {
   size_t done = 0;
-  while (done < out_length) {
-    ssize_t wrote = write(1, out + done, out_length - done);
+  while (done < pending) {
+    ssize_t wrote = write(1, reports + done, pending - done);
     if (wrote < 0) {
       if (errno == EINTR) continue;
       exit(0); /* tlsd is gone */
     }
     done += (size_t)wrote;
   }
-  out_length = 0;
+  pending = 0;
 }
 
 static void report(const char *format, long a, long b) {
-  if (out_length > sizeof out - 64) flush_reports();
-  out_length += (size_t)snprintf(out + out_length, sizeof out - out_length, format, a, b);
+  if (pending > sizeof reports - 64) flush_reports();
+  pending += (size_t)snprintf(reports + pending, sizeof reports - pending, format, a, b);
 }
 
 /* ---- children ---- */
@@ -179,37 +183,41 @@ static sigset_t none;
  * vfork, not posix_spawn: glibc's posix_spawn leaves its two internal signals (32 and 33) ignored
  * in the child, and ignored stays ignored across exec. Between vfork and exec the child shares
  * the helper's memory, so it only makes system calls and writes its errno to `failure`; the
- * helper catches no signal, so no handler can run there.
+ * helper catches no signal, so no handler can run there. A function of its own, so that the
+ * caller's variables live in a frame the child never touches. Returns the pid, or -1 and *error.
  */
+static __attribute__((noinline)) pid_t spawn_child(char *const argv[], char *const env[], int in, int out, int *error) {
+  static volatile int failure;
+  failure = 0;
+  pid_t pid = vfork();
+  if (pid == 0) {
+    for (size_t i = 0; i < sizeof ignored / sizeof ignored[0]; i++) sigaction(ignored[i], &default_disposition, NULL);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    if (dup2(in, 0) >= 0 && dup2(out, 1) >= 0) execvpe(argv[0], argv, env);
+    failure = errno;
+    _exit(127);
+  }
+  if (pid < 0) {
+    *error = errno;
+  } else if (failure) {
+    *error = failure;
+    waitpid(pid, NULL, 0);
+    pid = -1;
+  }
+  return pid;
+}
+
 static void start(long id, const char *token, char **argv, char **added, long envc) {
   int in = stdio_connection(token, 'i');
-  int out_fd = in < 0 ? -1 : stdio_connection(token, 'o');
-  int error = out_fd < 0 ? errno : 0;
+  int out = in < 0 ? -1 : stdio_connection(token, 'o');
+  int error = out < 0 ? errno : 0;
   char **env = error ? NULL : environment_with(added, envc);
   if (!error && !env) error = ENOMEM;
-  pid_t pid = 0;
-  if (!error) {
-    static volatile int failure;
-    failure = 0;
-    pid = vfork();
-    if (pid == 0) {
-      struct sigaction defaults = {.sa_handler = SIG_DFL};
-      for (size_t i = 0; i < sizeof ignored / sizeof ignored[0]; i++) sigaction(ignored[i], &defaults, NULL);
-      sigprocmask(SIG_SETMASK, &none, NULL);
-      if (dup2(in, 0) >= 0 && dup2(out_fd, 1) >= 0) execvpe(argv[0], argv, env);
-      failure = errno;
-      _exit(127);
-    }
-    if (pid < 0) error = errno;
-    else if (failure) {
-      error = failure;
-      waitpid(pid, NULL, 0);
-    }
-  }
+  pid_t pid = error ? -1 : spawn_child(argv, env, in, out, &error);
   free(env);
   if (in >= 0) close(in);
-  if (out_fd >= 0) close(out_fd);
-  if (error) {
+  if (out >= 0) close(out);
+  if (pid < 0) {
     report("E %ld %ld\n", id, error);
     return;
   }
@@ -236,27 +244,38 @@ static void reap(void) {
 static char *in_buffer;
 static size_t in_size, in_length;
 
+/* The largest body taken: far above what exec accepts (argv and environment together). */
+#define MAX_BODY (64L << 20)
+
 /* Handles the request at the front of the buffer; returns the bytes it took, 0 if incomplete. */
 static size_t handle(const char *data, size_t length) {
   const char *newline = memchr(data, '\n', length);
   if (!newline) return 0;
   size_t line = (size_t)(newline - data) + 1;
-  if (data[0] == 'K') {
-    long id = 0, signo = 0;
-    if (sscanf(data, "K %ld %ld", &id, &signo) == 2) {
+  /* sscanf reads a string: the buffer has no NUL after the line. Request lines are short. */
+  char text[160];
+  size_t text_length = line - 1 < sizeof text - 1 ? line - 1 : sizeof text - 1;
+  memcpy(text, data, text_length);
+  text[text_length] = '\0';
+  long id = 0, signo = 0, argc = 0, envc = 0, bytes = -1;
+  if (text[0] == 'K') {
+    if (sscanf(text, "K %ld %ld", &id, &signo) == 2 && id > 0) {
       long pid = map_get(&pid_of_id, id);
       if (pid) kill((pid_t)pid, (int)signo);
     }
     return line;
   }
-  long id, argc, envc, bytes;
-  char token[33];
-  if (data[0] != 'S' || sscanf(data, "S %ld %32s %ld %ld %ld", &id, token, &argc, &envc, &bytes) != 5) return line;
-  if (strlen(token) != 32 || argc < 1 || envc < 0 || bytes < 1) {
-    report("E %ld %ld\n", id, EINVAL);
-    return line;
+  char token[34] = "";
+  int got = text[0] == 'S' ? sscanf(text, "S %ld %33s %ld %ld %ld", &id, token, &argc, &envc, &bytes) : 0;
+  int sized = got == 5 && bytes >= 0 && bytes <= MAX_BODY;
+  if (sized && length - line < (size_t)bytes) return 0;
+  size_t taken = line + (sized ? (size_t)bytes : 0);
+  /* Each field takes at least its NUL, which bounds argc and envc (and what they allocate). */
+  if (!sized || id < 1 || strlen(token) != 32 || argc < 1 || envc < 0 || bytes < 1 || argc > bytes || envc > bytes - argc) {
+    /* tlsd sends no such request; if it did, the child it waits for is reported as failed. */
+    if (got >= 1 && id > 0) report("E %ld %ld\n", id, EINVAL);
+    return taken;
   }
-  if (length - line < (size_t)bytes) return 0;
   char *body = (char *)data + line;
   /* argv, its NULL, then the environment entries: pointers into the body. */
   char **fields = malloc((size_t)(argc + 1 + envc) * sizeof(char *));
@@ -270,7 +289,7 @@ static size_t handle(const char *data, size_t length) {
     start(id, token, fields, fields + argc + 1, envc);
   }
   free(fields);
-  return line + (size_t)bytes;
+  return taken;
 }
 
 static void connect_to_tlsd(const char *name) {
