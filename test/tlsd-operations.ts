@@ -10,6 +10,7 @@ import { freePort } from './lib/examples.js';
 import { has, NotifySocket } from './lib/notify.js';
 import { runProgram } from './lib/run.js';
 import { bin, startTlsd, watch } from './lib/tlsd.js';
+import { builtSpawnHelper } from '../src/native-programs.js';
 
 const { server, alice, bob } = cast(t);
 
@@ -279,6 +280,18 @@ t.test('--user/--group', { skip: !root ? 'privilege drop needs root (run as uid 
     const child = await exchange(tlsd.port, alice, '');
     t.same(ids(child, 'Uid'), [65534, 65534, 65534, 65534]);
     t.same(ids(child, 'Gid'), [65534, 65534, 65534, 65534], "nobody's primary group");
+  });
+
+  t.test('a spawn helper the user may not execute: one line, and children start with Node spawn', async (t) => {
+    const privateDir = tempDir();
+    t.equal(statSync(privateDir).mode & 0o777, 0o700, "the helper's directory is root's alone");
+    const helper = join(privateDir, 'tlsd-spawn-helper');
+    copyFileSync(builtSpawnHelper, helper);
+    const tlsd = await startTlsd(t, { identity: server, options: ['--user', 'nobody'], command: ['sh', '-c', 'echo "ppid=$PPID"; grep -E "^Uid:" /proc/$$/status'], env: { ...quietSyslog, TLSD_SPAWNER: helper } });
+    t.match(tlsd.stderr(), `Cannot start the spawn helper (${helper}): spawn ${helper} EACCES; children start with Node's spawn`);
+    const child = await exchange(tlsd.port, alice, '');
+    t.equal(Number(/ppid=(\d+)/.exec(child)?.[1]), tlsd.proc.pid, "the child is tlsd's own");
+    t.same(ids(child, 'Uid'), [65534, 65534, 65534, 65534], 'and runs as nobody');
   });
 
   t.test('an unknown user or group: one line, exit 1', async (t) => {
