@@ -53,12 +53,20 @@ export function daemonPids(pid: number): number[] {
   for (const entry of readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
     try {
-      if (Number(statFields(Number(entry))[1]) === pid && readFileSync(`/proc/${entry}/comm`, 'utf8').startsWith('tlsd-spawn-')) own.push(Number(entry));
+      if (Number(statFields(Number(entry))[1]) === pid && isSpawnHelper(Number(entry))) own.push(Number(entry));
     } catch {
       // gone meanwhile
     }
   }
   return own;
+}
+
+/**
+ * The rule of isSpawnHelperCommandLine (src/daemon/spawn-helper.ts), which the bench, compiled on
+ * its own, cannot import: the helper is started with tlsd's socket name as its one argument.
+ */
+function isSpawnHelper(pid: number): boolean {
+  return /^tlsd-spawn-\d+-[0-9a-f]+$/.test(readFileSync(`/proc/${pid}/cmdline`, 'latin1').split('\0')[1] ?? '');
 }
 
 /** cpuTimes summed over daemonPids. */

@@ -22,6 +22,7 @@ async function startHelper(t: Test): Promise<Helper> {
   const outputs = new Map<string, (socket: Socket) => void>();
   const early = new Map<string, Socket>();
   const server = createServer((socket) => {
+    socket.on('error', () => {}); // a child's end closing early is not this test's failure
     let header = Buffer.alloc(0);
     const onData = (chunk: Buffer): void => {
       header = Buffer.concat([header, chunk]);
@@ -39,8 +40,15 @@ async function startHelper(t: Test): Promise<Helper> {
   });
   await new Promise<void>((resolve) => server.listen(`\0${name}`, resolve));
   t.teardown(() => void server.close());
-  const helper = spawn(builtSpawnHelper, [name], { stdio: ['pipe', 'pipe', 'inherit'] });
-  t.teardown(() => void helper.kill('SIGKILL'));
+  // A process group of its own, so that teardown also ends a child a failed test left running.
+  const helper = spawn(builtSpawnHelper, [name], { stdio: ['pipe', 'pipe', 'inherit'], detached: true });
+  t.teardown(() => {
+    try {
+      process.kill(-helper.pid!, 'SIGKILL');
+    } catch {
+      // already gone
+    }
+  });
   const lines: string[] = [];
   let wake: (() => void) | undefined;
   createInterface({ input: helper.stdout! }).on('line', (line) => {
@@ -48,12 +56,15 @@ async function startHelper(t: Test): Promise<Helper> {
     wake?.();
   });
   const next = async (ms = 5_000): Promise<string> => {
-    const deadline = Date.now() + ms;
-    while (lines.length === 0 && Date.now() < deadline) {
+    if (lines.length === 0) {
       await new Promise<void>((resolve) => {
-        wake = resolve;
-        setTimeout(resolve, Math.max(1, deadline - Date.now()));
+        const timer = setTimeout(resolve, ms);
+        wake = () => {
+          clearTimeout(timer);
+          resolve();
+        };
       });
+      wake = undefined;
     }
     return lines.shift() ?? 'timeout';
   };
@@ -61,11 +72,15 @@ async function startHelper(t: Test): Promise<Helper> {
     send: (text) => helper.stdin!.write(text),
     next,
     output: (token) =>
-      new Promise((resolve) => {
+      new Promise((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`no complete output from the child of ${token} within 10 s`)), 10_000);
         const collect = (socket: Socket): void => {
           let text = '';
           socket.setEncoding('latin1').on('data', (chunk: string) => (text += chunk));
-          socket.on('end', () => resolve(text));
+          socket.on('end', () => {
+            clearTimeout(timer);
+            resolve(text);
+          });
           socket.resume();
         };
         const socket = early.get(token);

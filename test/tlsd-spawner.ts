@@ -47,13 +47,13 @@ async function sameBehaviour(t: Test, env: NodeJS.ProcessEnv, throughHelper: boo
   const notExecutable = join(tempDir(), 'not-executable');
   writeFileSync(notExecutable, '#!/bin/sh\necho ran\n', { mode: 0o644 });
   const refused = await startTlsd(t, { identity: server, command: [notExecutable], env: { ...quietSyslog, ...env } });
-  t.equal(await exchange(refused.port, alice, 'x\n'), '', 'a command that may not be executed: the peer gets nothing');
+  t.equal(await withDeadline(exchange(refused.port, alice, 'x\n'), 15_000, 'the peer of a command that may not be executed'), '', 'a command that may not be executed: the peer gets nothing');
   await refused.waitFor(new RegExp(`cannot run "${notExecutable}": spawn ${notExecutable} EACCES$`, 'm'));
   t.pass('and the log line says EACCES');
   // A request far larger than what the helper reads at once: two arguments of 100,000 bytes.
   const long = ['a', 'b'].map((letter) => letter.repeat(100_000));
   const big = await startTlsd(t, { identity: server, command: ['sh', '-c', 'echo "${#1} ${#2} $(printf %s "$1$2" | tr -d ab | wc -c)"', 'sh', ...long], env: { ...quietSyslog, ...env } });
-  t.equal(await exchange(big.port, alice, ''), '100000 100000 0\n', 'long arguments reach the child whole');
+  t.equal(await withDeadline(exchange(big.port, alice, ''), 15_000, 'the child of long arguments'), '100000 100000 0\n', 'long arguments reach the child whole');
 }
 
 t.test('children start through the spawn helper by default', async (t) => {
