@@ -2,10 +2,18 @@
   "targets": [
     {
       "target_name": "tlsd-spawn-helper",
-      "type": "executable",
-      "sources": ["src/native/spawn-helper.c"],
-      "cflags": ["-O2", "-Wall", "-Wextra"],
-      "ldflags": ["-Wl,-z,now"]
+      "conditions": [
+        [
+          "OS=='linux'",
+          {
+            "type": "executable",
+            "sources": ["src/native/spawn-helper.c"],
+            "cflags": ["-O2", "-Wall", "-Wextra"],
+            "ldflags": ["-Wl,-z,now"]
+          },
+          { "type": "none" }
+        ]
+      ]
     }
   ]
 }
