@@ -180,8 +180,8 @@ t.test('no session is resumed: every connection makes a full handshake and shows
     let ticket: Buffer | undefined;
     first.on('session', (offered: Buffer) => (ticket = offered));
     const firstReply = readAll(first);
-    // The reply before our end: a TLS 1.2 peer's close_notify read before the child's output is
-    // written can cost that output (docs/tlsd.1, BUGS), which is not what this test is about.
+    // The reply before our end: a Node.js client that ends a TLS 1.2 connection before the reply
+    // arrives can lose it (docs/tlsd.1, BUGS), which is not what this test is about.
     await once(first, 'data', { signal: AbortSignal.timeout(20_000) });
     first.end();
     t.equal((await firstReply).toString(), reply, `${version}, port ${port}: first connection served`);
