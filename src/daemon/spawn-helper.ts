@@ -12,6 +12,8 @@ import { RemoteChild, type RemoteChildOwner } from './remote-child.js';
 import { builtSpawnHelper } from '../native-programs.js';
 
 const ADDRESS_PREFIX = 'tlsd-spawn-';
+/** The helper's one argument: the name of tlsd's socket, `tlsd-spawn-PID-RANDOM`. */
+const ADDRESS_PATTERN = new RegExp(`^${ADDRESS_PREFIX}\\d+-[0-9a-f]+$`);
 const HEADER_BYTES = 34; // 32 hex digits of token, `i` or `o`, newline
 const HEADER_TIMEOUT_MS = 5_000;
 const signalNames = new Map<number, NodeJS.Signals>(Object.entries(constants.signals).map(([name, value]) => [value, name as NodeJS.Signals]));
@@ -226,9 +228,9 @@ export function chooseSpawner(env: NodeJS.ProcessEnv): string | undefined {
   return env.TLSD_SPAWNER || builtSpawnHelper;
 }
 
-/** Whether a command line (from /proc/PID/cmdline) is a spawn helper's: for tools that measure tlsd. */
+/** Whether a command line (from /proc/PID/cmdline) is a spawn helper's: for the tests (bench/proc.ts, compiled on its own, keeps a copy). */
 export function isSpawnHelperCommandLine(argv: readonly string[]): boolean {
-  return new RegExp(`^${ADDRESS_PREFIX}\\d+-[0-9a-f]+$`).test(argv[1] ?? '');
+  return ADDRESS_PATTERN.test(argv[1] ?? '');
 }
 
 /** An 'error' listener that closes the socket it is on. */
