@@ -10,7 +10,7 @@ import os from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { formatSummary, summarize } from './cpuprofile.js';
-import { measureServer, profileTlsd, running, type Figures } from './measure.js';
+import { measureServer, profileTlsd, running, STEADY_AFTER_CONNECTIONS, type Figures } from './measure.js';
 import { parseOptions, type BenchOptions } from './options.js';
 import { checkTargets, resultsTable, startupTable, targetsTable, type Results } from './report.js';
 import { servers as allServers, type Files, type ServerSpec } from './servers.js';
@@ -85,6 +85,13 @@ function report(options: BenchOptions, machine: Machine, specs: ServerSpec[], re
       'children (cat, and the per-connection processes of forking servers) are excluded. The row "with reaped children" adds cutime+cstime, which covers every child the server has waited for.',
   );
   lines.push('- Idle RSS per peer is (VmRSS with K peers − VmRSS before any) / K of the server process alone (tlsd: with its spawn helper); "whole group PSS" counts every process of the server\'s process group (children included, shared pages split).');
+  lines.push(
+    `- Steady state and just after start: each server is started fresh for each round, and serves 100 connections before anything is counted. ` +
+      `The rate load then runs three times: once counted as "just after start", once not counted (${STEADY_AFTER_CONNECTIONS} connections), then the counted run the rate and CPU rows show (the latency and silent loads come after it). ` +
+      'Bulk and download likewise: the first transfer is "just after start", the third the figure above. ' +
+      "A Node server compiles its hot code while it serves (V8's JIT), so its first thousands of connections and first hundreds of MiB cost it more CPU than the rest of its life, which is where a long-running daemon spends it. The C servers have no such phase; the load generator (Node) has, and goes through the same sequence against every server. " +
+      'The targets are checked against the steady figures.',
+  );
   lines.push('- "deadlock": no byte moved either way for the stall timeout while bytes were still owed; the run went on with the next load.');
   lines.push('');
   if (startup.length > 0) {
@@ -209,7 +216,7 @@ async function main(): Promise<void> {
         log(`bench: tlsd CPU profile under the rate load (${done} connections, ${options.inFlight} in flight): ${profiles[0]}`);
         const summary = summarize(JSON.parse(readFileSync(profiles[0]!, 'utf8')));
         profile =
-          `${done} connections, ${options.inFlight} in flight; the profile covers tlsd's whole life (start-up, a 100-connection warm-up, the run, shut-down).\n` +
+          `${done} connections, ${options.inFlight} in flight; the profile covers tlsd's whole life (start-up, the warm-up the steady rate row has, the run, shut-down).\n` +
           formatSummary(summary, done, done > 0 ? cpuOwnMs / done : undefined, 15);
       }
     }
