@@ -55,6 +55,9 @@ function streamValue(result: StreamResult): Value {
  */
 export const STEADY_AFTER_CONNECTIONS = 1_000;
 
+/** Served by each fresh server before anything is counted, in every phase. */
+export const WARM_UP_CONNECTIONS = 100;
+
 interface RateFigures {
   rate: Value;
   p50: Value;
@@ -115,7 +118,7 @@ export async function measureServer(spec: ServerSpec, options: BenchOptions, fil
     await withServer(spec, 'echo', files, repo, async (server, generator) => {
       const rate = (count: number, inFlight: number, timeoutMs = 10_000, maxFailures = 50): Promise<RateResult> =>
         generator.request<RateResult>({ op: 'rate', ...port(server), count, inFlight, timeoutMs, capMs: rateCap(count), maxFailures }, rateCap(count) + 30_000);
-      await rate(Math.min(100, options.connections), 8); // loads the server's code, not counted
+      await rate(Math.min(WARM_UP_CONNECTIONS, options.connections), 8); // loads the server's code, not counted
       if (loads.has('rate')) {
         // Just after start, then steady: a Node server compiles its hot paths while it serves (V8's
         // JIT), a long-running daemon lives past that, and a C server has none of it. Both are shown.
@@ -176,7 +179,11 @@ export async function measureServer(spec: ServerSpec, options: BenchOptions, fil
 
   if (loads.has('idle')) {
     await withServer(spec, 'echo', files, repo, async (server, generator) => {
-      await sleep(300);
+      // As for the other loads: what the first connections load and compile is the daemon's, not
+      // any peer's (tlsd: 143 KiB "per peer" at 64 peers when counted from a server that had
+      // served none).
+      await generator.request<RateResult>({ op: 'rate', ...port(server), count: WARM_UP_CONNECTIONS, inFlight: 8, timeoutMs: 10_000, capMs: 60_000, maxFailures: 50 }, 90_000);
+      await sleep(1_000); // the warm-up's children reaped, its connections gone
       const rss0 = daemonRssKiB(server.pid);
       const pss0 = groupPssKiB(server.pid, 10_000);
       let held = 0;
@@ -218,7 +225,7 @@ export async function profileTlsd(spec: ServerSpec, options: BenchOptions, files
     repo,
     async (server, generator) => {
       const port = { port: server.port, tls: spec.tls };
-      await generator.request<RateResult>({ op: 'rate', ...port, count: Math.min(100, options.connections), inFlight: 8, timeoutMs: 10_000, capMs: 60_000, maxFailures: 50 }, 90_000);
+      await generator.request<RateResult>({ op: 'rate', ...port, count: Math.min(WARM_UP_CONNECTIONS, options.connections), inFlight: 8, timeoutMs: 10_000, capMs: 60_000, maxFailures: 50 }, 90_000);
       await generator.request<RateResult>({ op: 'rate', ...port, count: options.connections + STEADY_AFTER_CONNECTIONS, inFlight: options.inFlight, timeoutMs: 10_000, capMs: 240_000, maxFailures: 50 }, 270_000);
       const before = daemonCpuTimes(server.pid);
       const result = await generator.request<RateResult>({ op: 'rate', ...port, count: options.connections, inFlight: options.inFlight, timeoutMs: 10_000, capMs: 120_000, maxFailures: 50 }, 150_000);

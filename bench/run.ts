@@ -10,7 +10,7 @@ import os from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { formatSummary, summarize } from './cpuprofile.js';
-import { measureServer, profileTlsd, running, STEADY_AFTER_CONNECTIONS, type Figures } from './measure.js';
+import { measureServer, profileTlsd, running, STEADY_AFTER_CONNECTIONS, WARM_UP_CONNECTIONS, type Figures } from './measure.js';
 import { parseOptions, type BenchOptions } from './options.js';
 import { checkTargets, resultsTable, startupTable, targetsTable, type Results } from './report.js';
 import { servers as allServers, type Files, type ServerSpec } from './servers.js';
@@ -84,9 +84,9 @@ function report(options: BenchOptions, machine: Machine, specs: ServerSpec[], re
     "- CPU per connection is the server's own utime+stime from /proc/PID/stat over the rate run (for tlsd: the main process plus its spawn helper), divided by the connections; " +
       'children (cat, and the per-connection processes of forking servers) are excluded. The row "with reaped children" adds cutime+cstime, which covers every child the server has waited for.',
   );
-  lines.push('- Idle RSS per peer is (VmRSS with K peers − VmRSS before any) / K of the server process alone (tlsd: with its spawn helper); "whole group PSS" counts every process of the server\'s process group (children included, shared pages split).');
+  lines.push('- Idle RSS per peer is (VmRSS one second after the K-th peer connected − VmRSS after the warm-up, its peers gone) / K of the server process alone (tlsd: with its spawn helper); "whole group PSS" counts every process of the server\'s process group (children included, shared pages split).');
   lines.push(
-    `- Steady state and just after start: each server is started fresh for each round, and serves 100 connections before anything is counted. ` +
+    `- Steady state and just after start: each server is started fresh for each round and each phase, and serves ${WARM_UP_CONNECTIONS} connections (8 in flight) before anything is counted, the idle phase included. ` +
       `The rate load then runs three times: once counted as "just after start", once not counted (${STEADY_AFTER_CONNECTIONS} connections), then the counted run the rate and CPU rows show (the latency and silent loads come after it). ` +
       'Bulk and download likewise: the first transfer is "just after start", the third the figure above. ' +
       "A Node server compiles its hot code while it serves (V8's JIT), so its first thousands of connections and first hundreds of MiB cost it more CPU than the rest of its life, which is where a long-running daemon spends it. The C servers have no such phase; the load generator (Node) has, and goes through the same sequence against every server. " +
