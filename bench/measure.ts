@@ -5,7 +5,7 @@
 import { Generator } from './generator.js';
 import type { RateResult, StreamResult } from './loads.js';
 import type { BenchOptions } from './options.js';
-import { daemonCpuTimes, daemonRssKiB, groupPssKiB } from './proc.js';
+import { daemonCpuTimes, daemonRssKiB, groupMembers, groupPssKiB } from './proc.js';
 import { RunningServer, type Child, type Files, type ServerSpec } from './servers.js';
 
 /** One figure of one round: a number, a note (a status such as "deadlock", or a qualifier), or both. */
@@ -55,8 +55,10 @@ function streamValue(result: StreamResult): Value {
  */
 export const STEADY_AFTER_CONNECTIONS = 1_000;
 
-/** Served by each fresh server before anything is counted, in every phase. */
+/** Served by each fresh server before anything is counted (but the download server, see below). */
 export const WARM_UP_CONNECTIONS = 100;
+
+const warmUpCount = (options: BenchOptions): number => Math.min(WARM_UP_CONNECTIONS, options.connections);
 
 interface RateFigures {
   rate: Value;
@@ -69,10 +71,26 @@ interface RateFigures {
   note?: string;
 }
 
-/** One measured rate run: the client's figures and the daemon's CPU time over it. */
-async function rateRun(rate: (count: number, inFlight: number) => Promise<RateResult>, server: RunningServer, options: BenchOptions): Promise<RateFigures> {
+type Target = { port: number; tls: boolean };
+
+const rateCap = (count: number): number => Math.max(60_000, count * 100);
+
+/** One rate load, with the deadlines every rate run has. */
+function rateLoad(generator: Generator, target: Target, count: number, inFlight: number, timeoutMs = 10_000, maxFailures = 50): Promise<RateResult> {
+  return generator.request<RateResult>({ op: 'rate', ...target, count, inFlight, timeoutMs, capMs: rateCap(count), maxFailures }, rateCap(count) + 30_000);
+}
+
+/** A rate load that is not counted; its failures are still told, since they make the next figure less warm than it says. */
+async function uncounted(generator: Generator, target: Target, count: number, inFlight: number, what: string, log: (line: string) => void): Promise<void> {
+  const note = failures(await rateLoad(generator, target, count, inFlight));
+  if (note) log(`  ${what} (not counted): ${note}`);
+}
+
+/** One measured rate run: the client's figures and the daemon's CPU time over exactly that run. */
+async function rateRun(generator: Generator, target: Target, server: RunningServer, options: BenchOptions): Promise<RateFigures> {
+  await sleep(500); // the run before is torn down and its children reaped
   const before = daemonCpuTimes(server.pid);
-  const result = await rate(options.connections, options.inFlight);
+  const result = await rateLoad(generator, target, options.connections, options.inFlight);
   await sleep(500); // the last children are reaped
   const after = daemonCpuTimes(server.pid);
   const note = failures(result);
@@ -86,17 +104,17 @@ async function rateRun(rate: (count: number, inFlight: number) => Promise<RateRe
 }
 
 /**
- * A stream load three times on one server: just after start (reported), once more uncounted, then
- * steady (reported): tlsd spent 2.5 ms of CPU per MiB echoed in its first two 256 MiB and 2.0–2.2
- * from the third on, with V8's optimiser switched off 2.8 throughout.
+ * A stream load three times on one server: the first transfer (reported), a second uncounted, then
+ * the steady one (reported): tlsd spent 2.5 ms of CPU per MiB echoed in its first two 256 MiB and
+ * 2.0–2.2 from the third on, with V8's optimiser switched off 2.8 throughout.
  */
-async function coldAndSteady(run: () => Promise<StreamResult>, what: string, log: (line: string) => void): Promise<[Value, Value]> {
+async function firstAndSteady(run: () => Promise<StreamResult>, what: string, log: (line: string) => void): Promise<[Value, Value]> {
   const results: StreamResult[] = [];
   for (let i = 0; i < 3; i++) {
     const result = await run();
     results.push(result);
     if (result.status === 'ok') continue;
-    log(`  ${what}${i === 0 ? ', just after start' : ''}: ${result.status}: ${result.detail}`);
+    log(`  ${what}${[', first transfer', ', second transfer (not counted)', ''][i]}: ${result.status}: ${result.detail}`);
     // A server that deadlocks (ncat) would only wait out the stall timeout twice more.
     if (i === 0 && (result.status === 'deadlock' || result.status === 'timeout')) return [streamValue(result), streamValue(result)];
   }
@@ -111,31 +129,20 @@ async function coldAndSteady(run: () => Promise<StreamResult>, what: string, log
 export async function measureServer(spec: ServerSpec, options: BenchOptions, files: Files & { dataHash: string }, repo: string, phase: 'main' | 'idle', log: (line: string) => void): Promise<Figures> {
   const figures: Figures = {};
   const loads = new Set([...options.loads].filter((load) => (phase === 'idle') === (load === 'idle')));
-  const port = (server: RunningServer): { port: number; tls: boolean } => ({ port: server.port, tls: spec.tls });
-  const rateCap = (count: number): number => Math.max(60_000, count * 100);
+  const port = (server: RunningServer): Target => ({ port: server.port, tls: spec.tls });
 
   if (loads.has('rate') || loads.has('latency') || loads.has('silent') || loads.has('bulk')) {
     await withServer(spec, 'echo', files, repo, async (server, generator) => {
-      const rate = (count: number, inFlight: number, timeoutMs = 10_000, maxFailures = 50): Promise<RateResult> =>
-        generator.request<RateResult>({ op: 'rate', ...port(server), count, inFlight, timeoutMs, capMs: rateCap(count), maxFailures }, rateCap(count) + 30_000);
-      await rate(Math.min(WARM_UP_CONNECTIONS, options.connections), 8); // loads the server's code, not counted
+      const target = port(server);
+      const rate = (count: number, inFlight: number, timeoutMs?: number, maxFailures?: number): Promise<RateResult> => rateLoad(generator, target, count, inFlight, timeoutMs, maxFailures);
+      await uncounted(generator, target, warmUpCount(options), 8, `${spec.name} warm-up`, log); // loads the server's code
+      // Just after start here, steady further down: a Node server compiles its hot paths while it
+      // serves (V8's JIT), a long-running daemon lives past that, and a C server has none of it.
       if (loads.has('rate')) {
-        // Just after start, then steady: a Node server compiles its hot paths while it serves (V8's
-        // JIT), a long-running daemon lives past that, and a C server has none of it. Both are shown.
-        const cold = await rateRun(rate, server, options);
+        const cold = await rateRun(generator, target, server, options);
         if (cold.note) log(`  ${spec.name} rate, just after start: ${cold.note}`);
         figures.rateCold = cold.rate;
         if (cold.cpuOwn) figures.cpuOwnCold = cold.cpuOwn;
-        await rate(STEADY_AFTER_CONNECTIONS, options.inFlight); // not counted
-        const steady = await rateRun(rate, server, options);
-        if (steady.note) log(`  ${spec.name} rate: ${steady.note}`);
-        figures.rate = steady.rate;
-        figures.rateP50 = steady.p50;
-        figures.rateP99 = steady.p99;
-        if (steady.cpuOwn) figures.cpuOwn = steady.cpuOwn;
-        if (steady.cpuTree) figures.cpuTree = steady.cpuTree;
-        if (steady.cpuGenerator) figures.cpuGenerator = steady.cpuGenerator;
-        figures.protocol = { note: steady.protocol };
       }
       let baseline: RateResult | undefined;
       if (loads.has('latency') || loads.has('silent')) {
@@ -159,21 +166,34 @@ export async function measureServer(spec: ServerSpec, options: BenchOptions, fil
         if (result.failed >= 3 && result.done < options.latencyCount) figures.silent = { note: 'blocked' };
         else figures.silent = { n: (result.p50 / baseline.p50 - 1) * 100, note: opened < options.silentCount ? `${opened} opened` : undefined };
       }
+      if (loads.has('rate')) {
+        await uncounted(generator, target, STEADY_AFTER_CONNECTIONS, options.inFlight, `${spec.name} rate`, log);
+        const steady = await rateRun(generator, target, server, options);
+        if (steady.note) log(`  ${spec.name} rate: ${steady.note}`);
+        figures.rate = steady.rate;
+        figures.rateP50 = steady.p50;
+        figures.rateP99 = steady.p99;
+        if (steady.cpuOwn) figures.cpuOwn = steady.cpuOwn;
+        if (steady.cpuTree) figures.cpuTree = steady.cpuTree;
+        if (steady.cpuGenerator) figures.cpuGenerator = steady.cpuGenerator;
+        figures.protocol = { note: steady.protocol };
+      }
       if (loads.has('bulk')) {
         const total = options.bulkMiB * MiB;
         const capMs = Math.max(60_000, options.bulkMiB * 500);
-        const bulk = (): Promise<StreamResult> => generator.request<StreamResult>({ op: 'bulk', ...port(server), total, stallMs: options.stallMs, capMs }, capMs + 30_000);
-        [figures.bulkCold, figures.bulk] = await coldAndSteady(bulk, `${spec.name} bulk`, log);
+        const bulk = (): Promise<StreamResult> => generator.request<StreamResult>({ op: 'bulk', ...target, total, stallMs: options.stallMs, capMs }, capMs + 30_000);
+        [figures.bulkFirst, figures.bulk] = await firstAndSteady(bulk, `${spec.name} bulk`, log);
       }
     });
   }
 
   if (loads.has('download')) {
+    // No warm-up connections here: this server's child sends the whole file to whoever connects.
     await withServer(spec, 'download', files, repo, async (server, generator) => {
       const total = options.downloadMiB * MiB;
       const capMs = Math.max(60_000, options.downloadMiB * 500);
       const download = (): Promise<StreamResult> => generator.request<StreamResult>({ op: 'download', ...port(server), total, hash: files.dataHash, stallMs: options.stallMs, capMs }, capMs + 30_000);
-      [figures.downloadCold, figures.download] = await coldAndSteady(download, `${spec.name} download`, log);
+      [figures.downloadFirst, figures.download] = await firstAndSteady(download, `${spec.name} download`, log);
     });
   }
 
@@ -181,12 +201,17 @@ export async function measureServer(spec: ServerSpec, options: BenchOptions, fil
     await withServer(spec, 'echo', files, repo, async (server, generator) => {
       // As for the other loads: what the first connections load and compile is the daemon's, not
       // any peer's (tlsd: 143 KiB "per peer" at 64 peers when counted from a server that had
-      // served none).
-      await generator.request<RateResult>({ op: 'rate', ...port(server), count: WARM_UP_CONNECTIONS, inFlight: 8, timeoutMs: 10_000, capMs: 60_000, maxFailures: 50 }, 90_000);
-      await sleep(1_000); // the warm-up's children reaped, its connections gone
+      // served none). That count is still shown for the last level.
+      const fresh = daemonRssKiB(server.pid);
+      const members = groupMembers(server.pid).length;
+      await uncounted(generator, port(server), warmUpCount(options), 8, `${spec.name} idle warm-up`, log);
+      // Its children reaped, its connections gone (a forking server's processes show it).
+      for (let waited = 0; groupMembers(server.pid).length > members && waited < 10_000; waited += 100) await sleep(100);
+      await sleep(500);
       const rss0 = daemonRssKiB(server.pid);
       const pss0 = groupPssKiB(server.pid, 10_000);
       let held = 0;
+      let rss = rss0;
       for (const level of options.idleLevels) {
         const capMs = Math.max(60_000, level * 30);
         const fill = await generator.request<{ held: number; failed: number; errors: Record<string, number> }>(
@@ -196,7 +221,7 @@ export async function measureServer(spec: ServerSpec, options: BenchOptions, fil
         await sleep(1_000);
         const now = await generator.request<{ held: number; dropped: number }>({ op: 'held' }, 10_000);
         held = now.held;
-        const rss = daemonRssKiB(server.pid);
+        rss = daemonRssKiB(server.pid);
         const note = held < level ? `${held} held` : undefined;
         if (fill.failed > 0) log(`  ${spec.name} idle ${level}: ${fill.failed} failed (${Object.entries(fill.errors).map(([e, c]) => `${c} ${e}`).join(', ')}), ${held} held`);
         figures[`idle${level}`] = held > 0 ? { n: (rss - rss0) / held, note } : { note: 'none held' };
@@ -204,6 +229,7 @@ export async function measureServer(spec: ServerSpec, options: BenchOptions, fil
       }
       const pss = pss0 === undefined ? undefined : groupPssKiB(server.pid, 20_000);
       if (pss !== undefined && held > 0) figures.idleTree = { n: (pss - pss0!) / held, note: `at ${held}` };
+      if (held > 0) figures.idleFresh = { n: (rss - fresh) / held, note: `at ${held}` };
       await generator.request({ op: 'release' }, 30_000);
     });
   }
@@ -211,7 +237,8 @@ export async function measureServer(spec: ServerSpec, options: BenchOptions, fil
 }
 
 /**
- * tlsd under the rate load with `node --cpu-prof` (after the same warm-up as the steady rate row); returns
+ * tlsd under the rate load with `node --cpu-prof`, just after start (a profile covers the whole process
+ * life, so a steady one would be mostly warm-up); returns
  * the connections made and tlsd's own CPU time over them (from /proc), to turn the profile's shares
  * into time per connection.
  */
@@ -224,11 +251,10 @@ export async function profileTlsd(spec: ServerSpec, options: BenchOptions, files
     files,
     repo,
     async (server, generator) => {
-      const port = { port: server.port, tls: spec.tls };
-      await generator.request<RateResult>({ op: 'rate', ...port, count: Math.min(WARM_UP_CONNECTIONS, options.connections), inFlight: 8, timeoutMs: 10_000, capMs: 60_000, maxFailures: 50 }, 90_000);
-      await generator.request<RateResult>({ op: 'rate', ...port, count: options.connections + STEADY_AFTER_CONNECTIONS, inFlight: options.inFlight, timeoutMs: 10_000, capMs: 240_000, maxFailures: 50 }, 270_000);
+      const target = { port: server.port, tls: spec.tls };
+      await rateLoad(generator, target, warmUpCount(options), 8);
       const before = daemonCpuTimes(server.pid);
-      const result = await generator.request<RateResult>({ op: 'rate', ...port, count: options.connections, inFlight: options.inFlight, timeoutMs: 10_000, capMs: 120_000, maxFailures: 50 }, 150_000);
+      const result = await rateLoad(generator, target, options.connections, options.inFlight);
       await sleep(500);
       cpuOwnMs = daemonCpuTimes(server.pid).own - before.own;
       done = result.done;

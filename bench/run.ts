@@ -84,13 +84,15 @@ function report(options: BenchOptions, machine: Machine, specs: ServerSpec[], re
     "- CPU per connection is the server's own utime+stime from /proc/PID/stat over the rate run (for tlsd: the main process plus its spawn helper), divided by the connections; " +
       'children (cat, and the per-connection processes of forking servers) are excluded. The row "with reaped children" adds cutime+cstime, which covers every child the server has waited for.',
   );
-  lines.push('- Idle RSS per peer is (VmRSS one second after the K-th peer connected − VmRSS after the warm-up, its peers gone) / K of the server process alone (tlsd: with its spawn helper); "whole group PSS" counts every process of the server\'s process group (children included, shared pages split).');
+  lines.push('- Idle RSS per peer is (VmRSS one second after the K-th peer connected − VmRSS after the warm-up, its connections and children gone) / K of the server process alone (tlsd: with its spawn helper); the row "counted from before the warm-up" uses the VmRSS of the server before its first connection instead, as this page did until 35cee15. "Whole group PSS" counts every process of the server\'s process group (children included, shared pages split).');
   lines.push(
-    `- Steady state and just after start: each server is started fresh for each round and each phase, and serves ${WARM_UP_CONNECTIONS} connections (8 in flight) before anything is counted, the idle phase included. ` +
-      `The rate load then runs three times: once counted as "just after start", once not counted (${STEADY_AFTER_CONNECTIONS} connections), then the counted run the rate and CPU rows show (the latency and silent loads come after it). ` +
-      'Bulk and download likewise: the first transfer is "just after start", the third the figure above. ' +
-      "A Node server compiles its hot code while it serves (V8's JIT), so its first thousands of connections and first hundreds of MiB cost it more CPU than the rest of its life, which is where a long-running daemon spends it. The C servers have no such phase; the load generator (Node) has, and goes through the same sequence against every server. " +
-      'The targets are checked against the steady figures.',
+    `- Steady state, and just after start: each server is started fresh for each round and phase and serves ${WARM_UP_CONNECTIONS} connections (8 in flight) before anything is counted, ` +
+      'but the download server, whose child sends the whole file to whoever connects. ' +
+      'The rate rows come from the third rate run: the first is counted as "just after start", then come the latency and silent loads, then ' +
+      `${STEADY_AFTER_CONNECTIONS} connections not counted. Bulk and download run three times each on their server: the first transfer is the "first transfer" row (for bulk, after the rate, latency and silent loads on the same server), the second is not counted, the third is the main row. ` +
+      "A Node server compiles its hot code while it serves (V8's JIT), so its first thousands of connections and first hundreds of MiB cost it more CPU than the rest of its life, which is where a long-running daemon spends it. " +
+      'The C servers have no such phase (stunnel gets slower as it serves); the load generator (Node) has one, and goes through the same sequence against every server. ' +
+      'The targets are checked against the steady figures, and the targets table gives the earlier comparison beside them.',
   );
   lines.push('- "deadlock": no byte moved either way for the stall timeout while bytes were still owed; the run went on with the next load.');
   lines.push('');
@@ -216,7 +218,7 @@ async function main(): Promise<void> {
         log(`bench: tlsd CPU profile under the rate load (${done} connections, ${options.inFlight} in flight): ${profiles[0]}`);
         const summary = summarize(JSON.parse(readFileSync(profiles[0]!, 'utf8')));
         profile =
-          `${done} connections, ${options.inFlight} in flight; the profile covers tlsd's whole life (start-up, the warm-up the steady rate row has, the run, shut-down).\n` +
+          `${done} connections, ${options.inFlight} in flight; just after start (the profile covers tlsd's whole life: start-up, the warm-up, the run, shut-down), so its figures compare with the just-after-start rows.\n` +
           formatSummary(summary, done, done > 0 ? cpuOwnMs / done : undefined, 15);
       }
     }
