@@ -161,10 +161,12 @@ export function checkTargets(results: Results, specs: ServerSpec[], options: Ben
   const idle = table.get('tlsd')?.get(`idle${top}`);
   const fresh = table.get('tlsd')?.get('idleFresh');
   const lastHeld = [...options.idleLevels].reverse().map((level) => table.get('tlsd')?.get(`idle${level}`)).find((value) => value !== undefined);
+  // The issue asks for 10,000; a run with fewer levels (descriptor limits) reports at its top one, but cannot meet it.
+  const asked = 10_000;
   checks.push({
-    target: `idle: ${top} peers held, ≤ 48 KiB daemon RSS per peer`,
+    target: top >= asked ? `idle: ${top} peers held, ≤ 48 KiB daemon RSS per peer` : `idle: ${asked} peers held (this run: ${top}), ≤ 48 KiB daemon RSS per peer`,
     measured: `${idle ? `${format(idle, 1)} KiB per peer` : lastHeld ? `${format(lastHeld, 1)} KiB per peer, fewer than ${top} held` : 'not measured'}${fresh?.n === undefined ? '' : `; counted from before the warm-up ${fresh.n.toFixed(1)}`}`,
-    met: idle?.n !== undefined ? idle.note === undefined && idle.n <= 48 : lastHeld ? false : undefined,
+    met: idle?.n !== undefined ? top >= asked && idle.note === undefined && idle.n <= 48 : lastHeld ? false : undefined,
   });
   const silent = table.get('tlsd')?.get('silent');
   checks.push({
