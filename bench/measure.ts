@@ -60,17 +60,6 @@ export const WARM_UP_CONNECTIONS = 100;
 
 const warmUpCount = (options: BenchOptions): number => Math.min(WARM_UP_CONNECTIONS, options.connections);
 
-interface RateFigures {
-  rate: Value;
-  p50: Value;
-  p99: Value;
-  cpuOwn?: Value;
-  cpuTree?: Value;
-  cpuGenerator?: Value;
-  protocol?: string;
-  note?: string;
-}
-
 type Target = { port: number; tls: boolean };
 
 const rateCap = (count: number): number => Math.max(60_000, count * 100);
@@ -86,21 +75,24 @@ async function uncounted(generator: Generator, target: Target, count: number, in
   if (note) log(`  ${what} (not counted): ${note}`);
 }
 
-/** One measured rate run: the client's figures and the daemon's CPU time over exactly that run. */
-async function rateRun(generator: Generator, target: Target, server: RunningServer, options: BenchOptions): Promise<RateFigures> {
+/**
+ * One measured rate run: the client's figures and the daemon's CPU time over exactly that run,
+ * under the rate rows' keys; and the failures, if any, for the log.
+ */
+async function rateRun(generator: Generator, target: Target, server: RunningServer, options: BenchOptions): Promise<{ figures: Figures; note?: string }> {
   await sleep(500); // the run before is torn down and its children reaped
   const before = daemonCpuTimes(server.pid);
   const result = await rateLoad(generator, target, options.connections, options.inFlight);
   await sleep(500); // the last children are reaped
   const after = daemonCpuTimes(server.pid);
   const note = failures(result);
-  const figures: RateFigures = { rate: { n: result.perSecond, note: note && `${result.failed} failed` }, p50: { n: result.p50 }, p99: { n: result.p99 }, protocol: result.protocol, note };
+  const figures: Figures = { rate: { n: result.perSecond, note: note && `${result.failed} failed` }, rateP50: { n: result.p50 }, rateP99: { n: result.p99 }, protocol: { note: result.protocol } };
   if (result.done > 0) {
     figures.cpuOwn = { n: (after.own - before.own) / result.done };
     figures.cpuTree = { n: (after.own + after.children - before.own - before.children) / result.done };
     figures.cpuGenerator = { n: result.generatorCpuMs / result.done };
   }
-  return figures;
+  return { figures, note };
 }
 
 /**
@@ -141,8 +133,8 @@ export async function measureServer(spec: ServerSpec, options: BenchOptions, fil
       if (loads.has('rate')) {
         const cold = await rateRun(generator, target, server, options);
         if (cold.note) log(`  ${spec.name} rate, just after start: ${cold.note}`);
-        figures.rateCold = cold.rate;
-        if (cold.cpuOwn) figures.cpuOwnCold = cold.cpuOwn;
+        figures.rateCold = cold.figures.rate!;
+        if (cold.figures.cpuOwn) figures.cpuOwnCold = cold.figures.cpuOwn;
       }
       let baseline: RateResult | undefined;
       if (loads.has('latency') || loads.has('silent')) {
@@ -170,13 +162,7 @@ export async function measureServer(spec: ServerSpec, options: BenchOptions, fil
         await uncounted(generator, target, STEADY_AFTER_CONNECTIONS, options.inFlight, `${spec.name} rate`, log);
         const steady = await rateRun(generator, target, server, options);
         if (steady.note) log(`  ${spec.name} rate: ${steady.note}`);
-        figures.rate = steady.rate;
-        figures.rateP50 = steady.p50;
-        figures.rateP99 = steady.p99;
-        if (steady.cpuOwn) figures.cpuOwn = steady.cpuOwn;
-        if (steady.cpuTree) figures.cpuTree = steady.cpuTree;
-        if (steady.cpuGenerator) figures.cpuGenerator = steady.cpuGenerator;
-        figures.protocol = { note: steady.protocol };
+        Object.assign(figures, steady.figures);
       }
       if (loads.has('bulk')) {
         const total = options.bulkMiB * MiB;
