@@ -63,10 +63,11 @@ export function daemonPids(pid: number): number[] {
 
 /**
  * The rule of isSpawnHelperCommandLine (src/daemon/spawn-helper.ts), which the bench, compiled on
- * its own, cannot import: the helper is started with tlsd's socket name as its one argument.
+ * its own, cannot import: the helper is started with the arguments `--protocol 2`.
  */
 function isSpawnHelper(pid: number): boolean {
-  return /^tlsd-spawn-\d+-[0-9a-f]+$/.test(readFileSync(`/proc/${pid}/cmdline`, 'latin1').split('\0')[1] ?? '');
+  const argv = readFileSync(`/proc/${pid}/cmdline`, 'latin1').split('\0');
+  return argv[1] === '--protocol' && argv[2] === '2';
 }
 
 /** cpuTimes summed over daemonPids. */

@@ -1,62 +1,61 @@
-// The spawn helper (src/native/spawn-helper.c) driven directly, as tlsd drives it, and with
-// requests tlsd never sends: each gets its one-line answer and the helper goes on serving.
-import { spawn } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { createServer, type Socket } from 'node:net';
-import { createInterface } from 'node:readline';
+// The spawn helper (src/native/spawn-helper.c) driven directly, as tlsd drives it: requests on its
+// stdin, reports and descriptors over Node's IPC channel. A request tlsd never sends ends it.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { readdirSync } from 'node:fs';
+import type { Socket } from 'node:net';
 import t, { type Test } from 'tap';
 import { builtSpawnHelper } from '../src/native-programs.js';
+import { SPAWN_HELPER_ARGUMENTS } from '../src/daemon/spawn-helper.js';
+
+type Report = Record<string, number>;
 
 interface Helper {
+  proc: ChildProcess;
   send(text: string | Buffer): void;
-  /** The next report line, or 'timeout'. */
-  next(ms?: number): Promise<string>;
-  /** What the child of `token` wrote to its stdout, once it closed it. */
-  output(token: string): Promise<string>;
-  /** Resolves with the helper's exit code once its stdin is closed. */
-  close(): Promise<number | null>;
+  /** The next report (with `handle: 1` where a descriptor came with it), or 'timeout'. */
+  next(ms?: number): Promise<Report | 'timeout'>;
+  /** What the child of `id` wrote to its stdout, once it closed it. */
+  output(id: number): Promise<string>;
+  /** Resolves once the child of `id` has written `text` (its output must be awaited already). */
+  heard(id: number, text: string): Promise<void>;
+  /** tlsd's end of the child's stdin. */
+  input(id: number): Socket | undefined;
+  /** Resolves with the helper's exit code and what it wrote to stderr. */
+  exit(): Promise<{ code: number | null; stderr: string }>;
 }
 
-async function startHelper(t: Test): Promise<Helper> {
-  const name = `tlsd-spawn-test-${process.pid}-${randomBytes(4).toString('hex')}`;
-  const outputs = new Map<string, (socket: Socket) => void>();
-  const early = new Map<string, Socket>();
-  const server = createServer((socket) => {
-    socket.on('error', () => {}); // a child's end closing early is not this test's failure
-    let header = Buffer.alloc(0);
-    const onData = (chunk: Buffer): void => {
-      header = Buffer.concat([header, chunk]);
-      if (header.length < 34) return;
-      socket.off('data', onData);
-      const token = header.subarray(0, 32).toString('latin1');
-      if (header[32] !== 'o'.charCodeAt(0)) return; // the probe and the stdin connections: kept open, unused
-      socket.pause();
-      if (header.length > 34) socket.unshift(header.subarray(34));
-      const waiting = outputs.get(token);
-      if (waiting) waiting(socket);
-      else early.set(token, socket);
-    };
-    socket.on('data', onData);
-  });
-  await new Promise<void>((resolve) => server.listen(`\0${name}`, resolve));
-  t.teardown(() => void server.close());
+function startHelper(t: Test, args: readonly string[] = SPAWN_HELPER_ARGUMENTS, env: NodeJS.ProcessEnv = process.env): Helper {
   // A process group of its own, so that teardown also ends a child a failed test left running.
-  const helper = spawn(builtSpawnHelper, [name], { stdio: ['pipe', 'pipe', 'inherit'], detached: true });
+  const proc = spawn(builtSpawnHelper, args, { stdio: ['pipe', 'ignore', 'pipe', 'ipc'], detached: true, env });
+  proc.stdin!.on('error', () => {});
   t.teardown(() => {
     try {
-      process.kill(-helper.pid!, 'SIGKILL');
+      process.kill(-proc.pid!, 'SIGKILL');
     } catch {
       // already gone
     }
   });
-  const lines: string[] = [];
+  let stderr = '';
+  proc.stderr!.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
+  const exited = new Promise<{ code: number | null; stderr: string }>((resolve) => proc.once('close', (code) => resolve({ code, stderr })));
+  const reports: Report[] = [];
+  const outputs = new Map<number, Socket>();
+  const inputs = new Map<number, Socket>();
+  const heardSoFar = new Map<number, string>();
   let wake: (() => void) | undefined;
-  createInterface({ input: helper.stdout! }).on('line', (line) => {
-    lines.push(line);
+  proc.on('message', (message: Report, handle?: Socket) => {
+    if (handle) {
+      handle.on('error', () => {});
+      if (message.stdout !== undefined) outputs.set(message.stdout, handle);
+      else if (message.stdin !== undefined) inputs.set(message.stdin, handle);
+      else handle.destroy();
+    }
+    reports.push(handle ? { ...message, handle: 1 } : message);
     wake?.();
   });
-  const next = async (ms = 5_000): Promise<string> => {
-    if (lines.length === 0) {
+  const next = async (ms = 5_000): Promise<Report | 'timeout'> => {
+    if (reports.length === 0) {
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, ms);
         wake = () => {
@@ -66,81 +65,157 @@ async function startHelper(t: Test): Promise<Helper> {
       });
       wake = undefined;
     }
-    return lines.shift() ?? 'timeout';
+    return reports.shift() ?? 'timeout';
   };
   return {
-    send: (text) => helper.stdin!.write(text),
+    proc,
+    send: (text) => proc.stdin!.write(text),
     next,
-    output: (token) =>
+    input: (id) => inputs.get(id),
+    heard: (id, text) =>
       new Promise((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error(`no complete output from the child of ${token} within 10 s`)), 10_000);
-        const collect = (socket: Socket): void => {
-          let text = '';
-          socket.setEncoding('latin1').on('data', (chunk: string) => (text += chunk));
-          socket.on('end', () => {
-            clearTimeout(timer);
-            resolve(text);
-          });
-          socket.resume();
+        const timer = setTimeout(() => reject(new Error(`the child of ${id} did not write ${JSON.stringify(text)} within 10 s`)), 10_000);
+        const check = (): void => {
+          if (!(heardSoFar.get(id) ?? '').includes(text)) return;
+          clearTimeout(timer);
+          outputs.get(id)?.off('data', check);
+          resolve();
         };
-        const socket = early.get(token);
-        if (socket) collect(socket);
-        else outputs.set(token, collect);
+        outputs.get(id)?.on('data', check);
+        check();
       }),
-    close: () =>
-      new Promise((resolve) => {
-        helper.once('exit', (code) => resolve(code));
-        helper.stdin!.end();
+    output: (id) =>
+      new Promise((resolve, reject) => {
+        const socket = outputs.get(id);
+        if (!socket) return reject(new Error(`no stdout descriptor for ${id}`));
+        const timer = setTimeout(() => reject(new Error(`no complete output from the child of ${id} within 10 s`)), 10_000);
+        let text = '';
+        socket.setEncoding('latin1').on('data', (chunk: string) => {
+          text += chunk;
+          heardSoFar.set(id, text);
+        });
+        socket.on('end', () => {
+          clearTimeout(timer);
+          resolve(text);
+        });
       }),
+    exit: () => exited,
   };
 }
 
 /** A request as tlsd frames it (src/daemon/spawn-helper.ts): header line, then NUL-ended fields. */
-function request(id: number, token: string, argv: string[], env: string[]): Buffer {
+function request(id: number, argv: string[], env: string[]): Buffer {
   const body = Buffer.from([...argv, ...env].map((field) => `${field}\0`).join(''));
-  return Buffer.concat([Buffer.from(`S ${id} ${token} ${argv.length} ${env.length} ${body.length}\n`), body]);
+  return Buffer.concat([Buffer.from(`S ${id} ${argv.length} ${env.length} ${body.length}\n`), body]);
 }
 
-const token = (n: number): string => n.toString(16).padStart(32, '0');
+/** The three reports of a child that started: its stdin and stdout descriptors, then its pid. */
+async function expectStarted(t: Test, helper: Helper, id: number): Promise<number> {
+  t.same(await helper.next(), { stdin: id, handle: 1 }, `${id}: tlsd's end of its stdin`);
+  t.same(await helper.next(), { stdout: id, handle: 1 }, `${id}: tlsd's end of its stdout`);
+  const started = await helper.next();
+  t.match(started, { started: id, pid: Number }, `${id}: started`);
+  return started === 'timeout' ? 0 : started.pid!;
+}
 
-t.test('a request is answered with P, its output and X; K kills', async (t) => {
-  const helper = await startHelper(t);
-  t.equal(await helper.next(), 'R', 'ready');
-  helper.send(request(1, token(1), ['sh', '-c', 'echo "$GREETING $0"'], ['GREETING=hello']));
-  t.match(await helper.next(), /^P 1 \d+$/, 'started');
-  t.equal(await helper.output(token(1)), 'hello sh\n', 'argv and the added environment reach the child');
-  t.equal(await helper.next(), 'X 1 0 -', 'its exit status');
-  helper.send(request(2, token(2), ['sleep', '30'], []));
-  t.match(await helper.next(), /^P 2 \d+$/);
+t.test('ready with a descriptor; a request is answered with descriptors, its pid, its output and its exit; K kills', async (t) => {
+  const helper = startHelper(t);
+  t.same(await helper.next(), { ready: 2, handle: 1 }, 'ready, with a descriptor');
+  helper.send(request(1, ['sh', '-c', 'echo "$GREETING $0 ${NODE_CHANNEL_FD-none}"; ls /proc/$$/fd; true'], ['GREETING=hello']));
+  await expectStarted(t, helper, 1);
+  t.equal(await helper.output(1), 'hello sh none\n0\n1\n2\n', 'argv and the added environment reach the child; it holds 0, 1 and 2, never the channel');
+  t.same(await helper.next(), { exited: 1, status: 0 }, 'its exit status');
+  helper.send(request(2, ['sh', '-c', 'read line; echo "got $line"; exec sleep 30'], []));
+  await expectStarted(t, helper, 2);
+  const output = helper.output(2);
+  helper.input(2)!.write('a line\n');
+  await helper.heard(2, 'got a line\n');
   helper.send('K 2 15\n');
-  t.equal(await helper.next(), 'X 2 - 15', 'killed by SIGTERM');
-  t.equal(await helper.close(), 0, 'leaves when its stdin ends');
+  t.same(await helper.next(), { exited: 2, signal: 15 }, 'killed by SIGTERM');
+  t.equal(await output, 'got a line\n', "tlsd's end of stdin reaches the child, and its stdout ends with it");
+  helper.proc.stdin!.end();
+  t.equal((await helper.exit()).code, 0, 'leaves when its stdin ends');
 });
 
-t.test('requests tlsd never sends: an E each, and the helper goes on', async (t) => {
-  const helper = await startHelper(t);
-  t.equal(await helper.next(), 'R');
-  const body = (text: string): string => `${text.length}\n${text}`;
-  const malformed: [string, string][] = [
-    [`S 10 ${token(10)} 0 0 ${body('a\0')}`, 'no argv'],
-    [`S 11 ${token(11)}x 1 0 ${body('a\0')}`, 'a token of 33 characters'],
-    [`S 12 ${token(12)} 1 0 ${body('ab')}`, 'a body without its final NUL'],
-    [`S 13 ${token(13)} 3 0 ${body('a\0b\0')}`, 'fewer fields than counted'],
-    [`S 14 ${token(14)} 4611686018427387904 4611686018427387903 ${body('a\0'.repeat(32))}`, 'counts that would overflow'],
-    [`S 15\n`, 'a header cut short'],
-  ];
-  for (const [text, what] of malformed) {
-    helper.send(text);
-    const id = /^S (\d+)/.exec(text)![1];
-    t.equal(await helper.next(), `E ${id} 22`, `${what}: EINVAL`);
-  }
+t.test('a command that cannot run is reported failed, with no descriptor', async (t) => {
+  const helper = startHelper(t);
+  t.same(await helper.next(), { ready: 2, handle: 1 });
+  helper.send(request(3, ['tlsd-test-no-such-command'], []));
+  t.same(await helper.next(), { failed: 3, errno: 2 }, 'ENOENT');
   // More K lines than one read takes (64 KiB), for children it does not have: nothing to answer.
   helper.send('K 999 15\n'.repeat(10_000));
-  helper.send(request(20, token(20), ['echo', 'still here'], []));
-  t.match(await helper.next(), /^P 20 \d+$/, 'a good request after all of them is served');
-  t.equal(await helper.output(token(20)), 'still here\n');
-  t.equal(await helper.next(), 'X 20 0 -');
-  helper.send(request(21, token(21), ['tlsd-test-no-such-command'], []));
-  t.equal(await helper.next(), 'E 21 2', 'a command not found: ENOENT');
-  t.equal(await helper.close(), 0);
+  helper.send(request(4, ['echo', 'still here'], []));
+  await expectStarted(t, helper, 4);
+  t.equal(await helper.output(4), 'still here\n');
+  t.same(await helper.next(), { exited: 4, status: 0 });
+});
+
+t.test('a request tlsd never sends ends the helper with status 3, and nothing after it is run', async (t) => {
+  const body = (text: string): string => `${text.length}\n${text}`;
+  const malformed: [string, string][] = [
+    [`S 10 0 0 ${body('a\0')}`, 'no argv'],
+    [`S 11 1 0 ${body('ab')}`, 'a body without its final NUL'],
+    [`S 12 3 0 ${body('a\0b\0')}`, 'fewer fields than counted'],
+    [`S 13 1 0 ${body('a\0b\0')}`, 'more fields than counted'],
+    [`S 14 4611686018427387904 4611686018427387903 ${body('a\0'.repeat(32))}`, 'counts that would overflow'],
+    [`S 15 1 0 ${128 << 20}\n`, 'a body over 64 MiB'],
+    ['S 16\n', 'a header cut short'],
+    [`S 17 x 1 0 ${body('a\0')}`, 'an old request with a token'],
+    ['K 5\n', 'a K line without a signal'],
+    ['Q 1 2 3\n', 'an unknown request'],
+    [`${'S'.repeat(200)}`, 'a line longer than any request'],
+  ];
+  for (const [text, what] of malformed) {
+    const helper = startHelper(t);
+    t.same(await helper.next(), { ready: 2, handle: 1 }, `${what}: ready`);
+    // A good request glued after it: a helper that read on would run it.
+    helper.send(Buffer.concat([Buffer.from(text), request(20, ['echo', 'ran'], [])]));
+    const { code, stderr } = await helper.exit();
+    t.equal(code, 3, `${what}: exit status 3`);
+    t.match(stderr, /^tlsd spawn helper: malformed request \(.+\); leaving\n$/, `${what}: one line says why`);
+    t.equal(await helper.next(100), 'timeout', `${what}: nothing after it was run`);
+  }
+});
+
+t.test('started without the IPC channel, or with other arguments: a usage line and status 2', async (t) => {
+  const noChannel = spawn(builtSpawnHelper, SPAWN_HELPER_ARGUMENTS, { stdio: ['pipe', 'ignore', 'pipe'] });
+  let stderr = '';
+  noChannel.stderr!.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
+  const [code] = (await once(noChannel, 'close')) as [number | null];
+  t.equal(code, 2);
+  t.equal(stderr, 'tlsd spawn helper: no IPC channel from tlsd (NODE_CHANNEL_FD)\n');
+  const old = startHelper(t, ['tlsd-spawn-1234-abcdef']);
+  const result = await old.exit();
+  t.equal(result.code, 2, 'the argument of the old protocol (a socket name) is refused');
+  t.match(result.stderr, /^usage: tlsd-spawn-helper --protocol 2/);
+});
+
+t.test('descriptors the helper inherited beyond its own never reach a child', async (t) => {
+  // Node's spawn passes stdio entries 4 and 5 on without close-on-exec, as a careless parent would.
+  const proc = spawn(builtSpawnHelper, SPAWN_HELPER_ARGUMENTS, { stdio: ['pipe', 'ignore', 'inherit', 'ipc', 'pipe', 'pipe'], detached: true });
+  t.teardown(() => {
+    try {
+      process.kill(-proc.pid!, 'SIGKILL');
+    } catch {
+      // already gone
+    }
+  });
+  const messages: Report[] = [];
+  let stdout: Socket | undefined;
+  proc.on('message', (message: Report, handle?: Socket) => {
+    messages.push(message);
+    if (message.stdout !== undefined) stdout = handle;
+    else handle?.destroy();
+  });
+  proc.stdin!.write(request(1, ['sh', '-c', 'ls /proc/$$/fd; true'], []));
+  const deadline = Date.now() + 10_000;
+  while (!messages.some((m) => m.exited === 1) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+  t.ok(stdout, 'the child started');
+  let listed = '';
+  stdout?.setEncoding('latin1').on('data', (chunk: string) => (listed += chunk));
+  await new Promise((resolve) => (stdout ? stdout.once('end', resolve) : resolve(undefined)));
+  t.equal(listed, '0\n1\n2\n', 'the child holds 0, 1 and 2 only');
+  const helperFds = readdirSync(`/proc/${proc.pid}/fd`).map(Number).sort((a, b) => a - b);
+  t.same(helperFds, [0, 1, 2, 3, 4], 'the helper itself closed 4 and 5: it holds its stdio, the channel at 3 and its signalfd');
+  proc.stdin!.end();
 });

@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { chmodSync, existsSync, readFileSync, readlinkSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, openSync, readFileSync, readlinkSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -7,7 +7,7 @@ import { connect as tlsConnect } from 'node:tls';
 import t, { type Test } from 'tap';
 import { connectTls, exchange } from './lib/client.js';
 import { tempDir } from './lib/identity.js';
-import { attempt, childrenOf, countMatches, inheritedByChildren, markers, openFds, rawConnect, readUntil, waitUntil, watchClose, withDeadline, type Attempt, cast, quietSyslog } from './lib/limits-faults.js';
+import { attempt, childrenOf, countMatches, markers, openFds, rawConnect, readUntil, waitUntil, watchClose, withDeadline, type Attempt, cast, quietSyslog } from './lib/limits-faults.js';
 import { bin, startTlsd, watch, type RunningTlsd } from './lib/tlsd.js';
 
 const { server, alice, bob } = cast(t);
@@ -241,44 +241,45 @@ t.test('no zombies and no leaked descriptors after many sessions', async (t) => 
   t.equal(await exchange(tlsd.port, bob, ''), 'x\n', 'and still serves');
 });
 
-t.test('a child holds only its own stdin, stdout and stderr', async (t) => {
-  // The first line chooses: hold the session open (cat), or list the child's own descriptors.
-  // `exec ls` lists the very process tlsd started; ls adds one descriptor, the directory it reads.
-  const listOrHold = ['sh', '-c', 'read what; if [ "$what" = list ]; then exec ls -l /proc/self/fd; fi; exec cat'];
-  const tlsd = await startTlsd(t, { identity: server, command: listOrHold, env: quietSyslog });
-  const holder = await connectTls(tlsd.port, alice);
-  t.teardown(() => void holder.destroy());
-  holder.write('hold\nping\n');
-  await readUntil(holder, 'ping\n');
+for (const spawner of ['helper', 'node'] as const) {
+  t.test(`a child holds only its own stdin, stdout and stderr, whatever tlsd inherited (${spawner === 'node' ? "Node's spawn" : 'spawn helper'})`, async (t) => {
+    // The first line chooses: hold the session open (cat), or list the child's own descriptors.
+    // `exec ls` lists the very process tlsd started; ls adds one descriptor, the directory it reads.
+    const listOrHold = ['sh', '-c', 'read what; if [ "$what" = list ]; then exec ls -l /proc/self/fd; fi; exec cat'];
+    // tlsd starts with the key file open at 3 and at 300, as a careless parent would leave it.
+    // (Node itself marks low descriptors such as 3 close-on-exec at start-up, but not 300.)
+    const leaked = openSync(server.key, 'r');
+    t.teardown(() => closeSync(leaked));
+    const tlsd = await startTlsd(t, { identity: server, command: listOrHold, env: { ...quietSyslog, ...(spawner === 'node' ? { TLSD_SPAWNER: 'node' } : {}) }, inherit: { 3: leaked, 300: leaked } });
+    t.notOk(openFds(tlsd.proc.pid!).has(300), 'tlsd itself closed what it inherited at 300');
+    const holder = await connectTls(tlsd.port, alice);
+    t.teardown(() => void holder.destroy());
+    holder.write('hold\nping\n');
+    await readUntil(holder, 'ping\n');
 
-  const listing = await exchange(tlsd.port, bob, 'list\n');
-  const fds = new Map<number, string>();
-  for (const match of listing.matchAll(/ (\d+) -> (.*)$/gm)) fds.set(Number(match[1]), match[2]!);
-  t.ok(fds.size > 0, 'the child listed its descriptors', { listing });
+    const listing = await exchange(tlsd.port, bob, 'list\n');
+    const fds = new Map<number, string>();
+    for (const match of listing.matchAll(/ (\d+) -> (.*)$/gm)) fds.set(Number(match[1]), match[2]!);
+    t.ok(fds.size > 0, 'the child listed its descriptors', { listing });
 
-  const directories = [...fds].filter(([, target]) => /^\/proc\/\d+\/fd$/.test(target));
-  t.equal(directories.length, 1, 'one descriptor is the directory ls is reading', { listing });
-  // Whatever started the tests may leave descriptors open across exec; tlsd inherits them, and so
-  // does its child. Those are not tlsd's doing; anything else is.
-  const inherited = inheritedByChildren();
-  const expected = new Set([0, 1, 2, ...inherited, ...directories.map(([fd]) => fd)]);
-  t.same([...fds.keys()].sort((a, b) => a - b), [...expected].sort((a, b) => a - b), 'nothing else is open: 0, 1, 2 (and what the test runner passed down)', { listing, inherited: [...inherited] });
+    const directories = [...fds].filter(([, target]) => /^\/proc\/\d+\/fd$/.test(target));
+    t.equal(directories.length, 1, 'one descriptor is the directory ls is reading', { listing });
+    const expected = [0, 1, 2, ...directories.map(([fd]) => fd)];
+    t.same([...fds.keys()].sort((a, b) => a - b), expected.sort((a, b) => a - b), 'nothing else is open: 0, 1, 2, not what tlsd inherited at 3 and 300', { listing });
 
-  // Node gives children a Unix socket pair, not pipe(2): a stream all the same (see tlsd(1)).
-  t.match(fds.get(0), /^socket:\[\d+\]$/, 'stdin is a local stream of its own', { listing });
-  t.match(fds.get(1), /^socket:\[\d+\]$/, 'stdout is a local stream of its own', { listing });
-  t.not(fds.get(0), fds.get(1), 'stdin and stdout are two different channels');
-  t.equal(fds.get(2), readlinkSync(`/proc/${tlsd.proc.pid}/fd/2`), "stderr is tlsd's own stderr");
+    // Node gives children a Unix socket pair, not pipe(2): a stream all the same (see tlsd(1)).
+    t.match(fds.get(0), /^socket:\[\d+\]$/, 'stdin is a local stream of its own', { listing });
+    t.match(fds.get(1), /^socket:\[\d+\]$/, 'stdout is a local stream of its own', { listing });
+    t.not(fds.get(0), fds.get(1), 'stdin and stdout are two different channels');
+    t.equal(fds.get(2), readlinkSync(`/proc/${tlsd.proc.pid}/fd/2`), "stderr is tlsd's own stderr");
 
-  const network = tcpSocketInodes();
-  const ownFds = [...fds].filter(([fd]) => !inherited.has(fd));
-  const onNetwork = ownFds.filter(([, target]) => network.has(target));
-  t.same(onNetwork, [], "no descriptor is a TCP socket: not the listener, not this or another peer's connection", { listing });
-  const sockets = ownFds.filter(([fd, target]) => fd > 2 && target.startsWith('socket:'));
-  t.same(sockets, [], 'no socket beyond stdin, stdout and stderr', { listing });
-  const keyFile = realpathSync(server.key);
-  t.notOk([...fds.values()].includes(keyFile), 'no descriptor points at the key file', { listing });
-});
+    const network = tcpSocketInodes();
+    const onNetwork = [...fds].filter(([, target]) => network.has(target));
+    t.same(onNetwork, [], "no descriptor is a TCP socket: not the listener, not this or another peer's connection", { listing });
+    const keyFile = realpathSync(server.key);
+    t.notOk([...fds.values()].includes(keyFile), 'no descriptor points at the key file', { listing });
+  });
+}
 
 /** `socket:[INODE]` of every TCP socket on this host (IPv4 and IPv6), as /proc/PID/fd names them. */
 function tcpSocketInodes(): Set<string> {

@@ -6,6 +6,7 @@ import { cast, countMatches, isSpawnHelper, quietSyslog, waitUntil, withDeadline
 import { tempDir } from './lib/identity.js';
 import { keyValues } from './lib/text.js';
 import { startTlsd } from './lib/tlsd.js';
+import { builtSpawnHelper } from '../src/native-programs.js';
 
 const { server, alice } = cast(t);
 
@@ -81,6 +82,27 @@ t.test('a spawn helper that dies is logged and replaced; sessions it started sti
   await waitUntil(() => /session ended/.test(tlsd.stderr()), 'the orphaned session ends once its child has', tlsd);
   const next = Object.fromEntries(keyValues(await exchange(tlsd.port, alice, '')));
   t.ok(isSpawnHelper(Number(next.ppid)) && Number(next.ppid) !== helper, 'the next child comes from a new helper');
+});
+
+t.test('a spawn helper that gets a malformed request leaves; tlsd logs it, and the next child has a new helper', async (t) => {
+  const dir = tempDir();
+  // The first helper gets a line tlsd never sends ahead of tlsd's requests; later ones are the real one.
+  const wrapper = join(dir, 'helper-wrapper');
+  writeFileSync(
+    wrapper,
+    `#!/bin/sh\nif mkdir "${dir}/once" 2>/dev/null; then\n  { printf 'garbage\\n'; exec cat; } 3>&- | "${builtSpawnHelper}" "$@"\nelse\n  exec "${builtSpawnHelper}" "$@"\nfi\n`,
+    { mode: 0o755 },
+  );
+  const tlsd = await startTlsd(t, { identity: server, command: ['sh', '-c', 'echo "ppid=$PPID"'], env: { ...quietSyslog, TLSD_SPAWNER: wrapper } });
+  await tlsd.waitFor(/tlsd spawn helper: malformed request \(a bad request line\); leaving/);
+  t.pass('the helper says why it leaves');
+  // The wrapper's shell outlives the helper until tlsd's first request breaks its pipe.
+  t.equal(await exchange(tlsd.port, alice, ''), '', 'the child asked of the gone helper never runs');
+  await tlsd.waitFor(/spawn helper exited with status 3; the exit status of 1 children is lost; the next child starts a new one/);
+  t.pass('tlsd logs that the helper left');
+  const next = Object.fromEntries(keyValues(await exchange(tlsd.port, alice, '')));
+  t.ok(isSpawnHelper(Number(next.ppid)), 'the next child comes from a new helper');
+  t.notMatch(tlsd.stderr(), /Cannot start the spawn helper/, 'no fallback to Node spawn was needed');
 });
 
 t.test('a spawn helper that is missing or cannot run: logged once, and children start with Node spawn', async (t) => {

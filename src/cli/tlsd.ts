@@ -1,5 +1,6 @@
 import { InvalidArgumentError } from 'commander';
 import { takeActivatedSockets } from '../daemon/activation.js';
+import { closeInheritedDescriptors } from '../os/inherited-descriptors.js';
 import { Daemon } from '../daemon/daemon.js';
 import { chooseIdentity } from '../daemon/default-identity.js';
 import { Notifier, peerStatus } from '../daemon/notify.js';
@@ -79,8 +80,10 @@ const [command, args] = program.processedArgs as [string, string[]];
 // A bug must still end in one log line and a status systemd can act on, never a stack trace.
 const log = startLogging(cli);
 
-// Read before anything can spawn: children must not inherit systemd's variables or sockets.
+// Read before anything can spawn: children must not inherit systemd's variables or sockets,
+// nor any other descriptor tlsd's parent left open.
 const activated = takeActivatedSockets(process.env, process.pid);
+closeInheritedDescriptors(activated ?? []);
 const notifier = new Notifier(process.env, process.pid, log);
 
 try {

@@ -1,14 +1,6 @@
 import type { Socket } from 'node:net';
 import type { ChildEvents, ChildLike } from './child-like.js';
 
-/**
- * If the helper reports an exit while a stdio connection is still missing, the connection may
- * still sit in the accept queue; after this long it was lost (tlsd out of descriptors).
- */
-const STDIO_GRACE_MS = 2_000;
-/** A started child whose stdio never arrives is killed after this long. */
-const STDIO_TIMEOUT_MS = 10_000;
-
 /** What a RemoteChild asks of the spawn helper that started it. */
 export interface RemoteChildOwner {
   kill(child: RemoteChild, signal: NodeJS.Signals): void;
@@ -17,9 +9,10 @@ export interface RemoteChildOwner {
 }
 
 /**
- * A child started by the spawn helper. Its pid, its two stdio connections and its exit arrive
- * separately and in any order; they are put back in the order a ChildProcess reports them:
- * spawned (pid, stdin and stdout all there), then exited, then closed.
+ * A child started by the spawn helper. The helper reports, in this order on one channel: tlsd's
+ * ends of the child's stdin and stdout, then `started` with its pid (or `failed`), later `exited`.
+ * They are passed on in the order a ChildProcess reports them: spawned, exited, then closed once
+ * both streams are closed too.
  */
 export class RemoteChild implements ChildLike {
   pid: number | undefined;
@@ -28,18 +21,15 @@ export class RemoteChild implements ChildLike {
   private spawned = false;
   private failed = false;
   private exit: { code: number | null; signal: NodeJS.Signals | null } | undefined;
-  private stdioTimer: NodeJS.Timeout | undefined;
   private openStreams = 2;
 
   constructor(
     readonly id: number,
-    readonly token: string,
     readonly command: string,
     private readonly owner: RemoteChildOwner,
     private readonly events: ChildEvents,
   ) {}
 
-  /** Its stdin and stdout, once it is spawned: before that a connection may still be missing. */
   get stdin(): Socket | null {
     return this.spawned ? this.input! : null;
   }
@@ -54,67 +44,57 @@ export class RemoteChild implements ChildLike {
     return true;
   }
 
-  /** One of the two connections, header already read: `i` is the child's stdin, `o` its stdout. */
-  attach(which: 'i' | 'o', socket: Socket): void {
-    if (this.failed || (which === 'i' ? this.input : this.output)) {
+  /** tlsd's end of the child's stdin or stdout, passed by the helper. */
+  attach(which: 'stdin' | 'stdout', socket: Socket): void {
+    if (this.failed || this.spawned || (which === 'stdin' ? this.input : this.output)) {
       socket.destroy();
       return;
     }
-    if (which === 'i') this.input = socket;
+    if (which === 'stdin') this.input = socket;
     else this.output = socket;
-    this.maybeSpawned();
   }
 
+  /**
+   * Running: both ends came before this report on the same channel, unless a descriptor was lost
+   * on the way (Node drops a message whose descriptor could not be received: tlsd was out of
+   * descriptors). Then the child is killed and has failed.
+   */
   started(pid: number): void {
+    if (this.failed || this.spawned) return;
     this.pid = pid;
-    this.stdioTimer = setTimeout(() => {
-      this.kill('SIGKILL');
-      this.fail(new Error('its standard input and output never connected'));
-    }, STDIO_TIMEOUT_MS);
-    this.stdioTimer.unref();
-    this.maybeSpawned();
-  }
-
-  exited(code: number | null, signal: NodeJS.Signals | null): void {
-    if (this.exit || this.failed) return;
-    this.exit = { code, signal };
-    if (this.spawned) this.reportExit();
-    else {
-      this.stopStdioTimer();
-      setTimeout(() => {
-        if (!this.spawned) this.fail(new Error('its standard input and output never connected (out of file descriptors?)'));
-      }, STDIO_GRACE_MS).unref();
+    if (!this.input || !this.output) {
+      this.owner.kill(this, 'SIGKILL');
+      this.fail(new Error('its standard input and output did not arrive (out of file descriptors?)'));
+      return;
     }
-  }
-
-  /** Could not start, or lost before it was wired: failed and nothing else, as spawn does. */
-  fail(error: Error): void {
-    if (this.spawned || this.failed) return;
-    this.failed = true;
-    this.stopStdioTimer();
-    this.input?.destroy();
-    this.output?.destroy();
-    this.owner.forget(this);
-    this.events.failed(error);
-  }
-
-  private maybeSpawned(): void {
-    if (this.spawned || this.failed || this.pid === undefined || !this.input || !this.output) return;
     this.spawned = true;
-    this.stopStdioTimer();
     // Whatever a child writes to its stdin is dropped, and reading lets us see its end.
     this.input.resume();
     // 'on': 'close' comes once, and once()'s wrapper would stay in memory for the session's life.
     const closed = (): void => this.streamClosed();
     for (const stream of [this.input, this.output]) stream.on('close', closed);
     this.events.spawned();
-    if (this.exit) this.reportExit();
   }
 
-  private reportExit(): void {
-    const { code, signal } = this.exit!;
+  exited(code: number | null, signal: NodeJS.Signals | null): void {
+    if (this.exit || this.failed) return;
+    this.exit = { code, signal };
+    if (!this.spawned) {
+      this.fail(new Error('it exited before it was reported started'));
+      return;
+    }
     this.events.exited(code, signal);
     if (this.openStreams === 0) this.close();
+  }
+
+  /** Could not start, or lost before it was wired: failed and nothing else, as spawn does. */
+  fail(error: Error): void {
+    if (this.spawned || this.failed) return;
+    this.failed = true;
+    this.input?.destroy();
+    this.output?.destroy();
+    this.owner.forget(this);
+    this.events.failed(error);
   }
 
   private streamClosed(): void {
@@ -125,11 +105,5 @@ export class RemoteChild implements ChildLike {
   private close(): void {
     this.owner.forget(this);
     this.events.closed();
-  }
-
-  /** A cleared timer still kept in a field would cost every idle peer its memory. */
-  private stopStdioTimer(): void {
-    clearTimeout(this.stdioTimer);
-    this.stdioTimer = undefined;
   }
 }

@@ -1,21 +1,19 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { createServer, type Server, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { constants } from 'node:os';
-import { createInterface } from 'node:readline';
 import type { Logger } from '../logger.js';
 import { reason } from '../reason.js';
 import { errnoName } from '../os/errno.js';
 import type { Environment } from './child-env.js';
 import { nodeLaunch, type ChildEvents, type ChildLike, type Launch, type LaunchRequest } from './child-like.js';
+import { describeExit } from './session.js';
 import { RemoteChild, type RemoteChildOwner } from './remote-child.js';
 import { builtSpawnHelper } from '../native-programs.js';
 
-const ADDRESS_PREFIX = 'tlsd-spawn-';
-/** The helper's one argument: the name of tlsd's socket, `tlsd-spawn-PID-RANDOM`. */
-const ADDRESS_PATTERN = new RegExp(`^${ADDRESS_PREFIX}\\d+-[0-9a-f]+$`);
-const HEADER_BYTES = 34; // 32 hex digits of token, `i` or `o`, newline
-const HEADER_TIMEOUT_MS = 5_000;
+/** The helper's arguments: the protocol below. A helper built for another one refuses to start. */
+export const SPAWN_HELPER_ARGUMENTS = ['--protocol', '2'] as const;
+/** The helper says it is ready (with a descriptor, to show descriptors pass) within this long. */
+const READY_TIMEOUT_MS = 5_000;
 const signalNames = new Map<number, NodeJS.Signals>(Object.entries(constants.signals).map(([name, value]) => [value, name as NodeJS.Signals]));
 
 export interface SpawnHelperOptions {
@@ -23,25 +21,35 @@ export interface SpawnHelperOptions {
   program: string;
   /** The helper's own environment, which each child gets with its connection's variables added. */
   base: Environment;
-  /** What the helper (and so every child) gets at descriptors 3, 4, …; see nodeLaunch. */
+  /** For Node's spawn, once the helper cannot be used: see nodeLaunch. */
   coverFds: readonly number[];
   log: Logger;
 }
 
+/** What the helper reports over the IPC channel (src/native/spawn-helper.c has the protocol). */
+type Report =
+  | { ready: number }
+  | { stdin: number }
+  | { stdout: number }
+  | { started: number; pid: number }
+  | { failed: number; errno: number }
+  | { exited: number; status?: number; signal?: number };
+
 /**
- * Starts children through the spawn helper (src/native/spawn-helper.c; the protocol is described
- * there). Node starts a child by forking the whole daemon, which costs milliseconds of the event
- * loop per connection and grows with the heap; the helper starts each with vfork and exec, a
- * fraction of that, on the other core. The helper and the Unix
- * socket its children's stdio connects to are made by ready(), which tlsd calls once it has
- * dropped its privileges; if the helper dies, the next child starts a new one.
+ * Starts children through the spawn helper (src/native/spawn-helper.c). Node starts a child by
+ * forking the whole daemon, which costs milliseconds of the event loop per connection and grows
+ * with the heap; the helper starts each with vfork and exec, a fraction of that, on the other core.
+ *
+ * Who can reach a child's stdio: tlsd and the child alone. There is no rendezvous to squat or
+ * connect to: the helper's stdin (requests) and Node's IPC channel (reports) are descriptors tlsd
+ * makes and passes at exec, and each child's stdin and stdout are socket pairs the helper makes,
+ * whose other ends come back to tlsd over the channel as descriptors. tlsd starts the helper once
+ * it has dropped its privileges; if the helper dies, the next child starts a new one.
  */
 export class SpawnHelper {
   private helper: ChildProcess | undefined;
-  private server: Server | undefined;
   private starting: Promise<void> | undefined;
-  private readonly byId = new Map<number, RemoteChild>();
-  private readonly byToken = new Map<string, RemoteChild>();
+  private readonly children = new Map<number, RemoteChild>();
   private nextId = 1;
   /** Node's spawn, once the helper could not be started. */
   private fallback: Launch | undefined;
@@ -58,9 +66,8 @@ export class SpawnHelper {
 
   launch = (request: LaunchRequest, events: ChildEvents): ChildLike => {
     if (this.fallback) return this.fallback(request, events);
-    const child = new RemoteChild(this.nextId++, randomBytes(16).toString('hex'), request.command, this.owner, events);
-    this.byId.set(child.id, child);
-    this.byToken.set(child.token, child);
+    const child = new RemoteChild(this.nextId++, request.command, this.owner, events);
+    this.children.set(child.id, child);
     this.begin().then(
       () => this.request(child, request),
       (error: unknown) => child.fail(error instanceof Error ? error : new Error(String(error))),
@@ -91,7 +98,7 @@ export class SpawnHelper {
       return;
     }
     const body = Buffer.from(fields.map((field) => `${field}\0`).join(''));
-    const header = Buffer.from(`S ${child.id} ${child.token} ${argv.length} ${environment.length} ${body.length}\n`);
+    const header = Buffer.from(`S ${child.id} ${argv.length} ${environment.length} ${body.length}\n`);
     stdin.write(Buffer.concat([header, body]));
   }
 
@@ -104,114 +111,90 @@ export class SpawnHelper {
       this.helper?.stdin?.write(`K ${child.id} ${constants.signals[signal]}\n`);
     },
     forget: (child) => {
-      this.byId.delete(child.id);
-      this.byToken.delete(child.token);
+      this.children.delete(child.id);
     },
   };
 
+  /** Starts the helper; resolves once it has said it is ready with a descriptor, reports wired to report(). */
   private async start(): Promise<void> {
-    const address = `${ADDRESS_PREFIX}${process.pid}-${randomBytes(8).toString('hex')}`;
-    const server = createServer((socket) => this.accept(socket));
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(`\0${address}`, () => {
-        server.off('error', reject);
-        resolve();
-      });
-    });
-    server.on('error', (error) => this.options.log.error(`spawn helper socket: ${reason(error)}`));
-    server.unref();
-    let helper: ChildProcess;
+    // Node's IPC channel is the helper's only way back: 'ipc' makes it a socket pair that passes
+    // descriptors. The helper's stdout is not used; its stderr is tlsd's, as its children's.
+    const helper = spawn(this.options.program, SPAWN_HELPER_ARGUMENTS, { stdio: ['pipe', 'ignore', 'inherit', 'ipc'], env: this.options.base, serialization: 'json' });
+    // Its exit is what counts (helperGone); a failed start is reported by the listener below.
+    helper.on('error', () => {});
+    helper.stdin?.on('error', () => {});
     try {
-      helper = await this.runHelper(address);
+      await new Promise<void>((resolve, reject) => {
+        const early = (code: number | null, signal: NodeJS.Signals | null): void => reject(new Error(`it ${describeExit(code, signal)} before it was ready`));
+        const timer = setTimeout(() => reject(new Error(`it did not pass a descriptor within ${READY_TIMEOUT_MS} ms`)), READY_TIMEOUT_MS);
+        const settle = (): void => {
+          clearTimeout(timer);
+          helper.off('error', reject);
+          helper.off('exit', early);
+          helper.off('message', first);
+        };
+        const first = (message: unknown, handle: unknown): void => {
+          settle();
+          closeHandle(handle);
+          if (isReport(message) && 'ready' in message && message.ready === Number(SPAWN_HELPER_ARGUMENTS[1]) && isSocket(handle)) {
+            helper.on('message', (report: unknown, passed: unknown) => this.report(report, passed));
+            resolve();
+          } else reject(new Error(`it said ${JSON.stringify(message)}${isSocket(handle) ? '' : ' without a descriptor'} instead of being ready`));
+        };
+        helper.once('error', (error) => {
+          settle();
+          reject(error);
+        });
+        helper.once('exit', early);
+        helper.on('message', first);
+      });
     } catch (error) {
       // Nothing of a failed start stays behind: tlsd goes on with Node's spawn.
-      server.close();
-      throw error;
-    }
-    this.server = server;
-    this.helper = helper;
-    helper.unref();
-    for (const stream of [helper.stdin, helper.stdout]) (stream as unknown as Socket | null)?.unref();
-    helper.once('exit', (code, signal) => this.helperGone(helper, code, signal));
-  }
-
-  /** Starts the helper; resolves once it says it is ready, its reports wired to report(). */
-  private async runHelper(address: string): Promise<ChildProcess> {
-    const helper = spawn(this.options.program, [address], { stdio: ['pipe', 'pipe', 'inherit', ...this.options.coverFds], env: this.options.base });
-    await new Promise<void>((resolve, reject) => {
-      helper.once('error', reject);
-      helper.once('spawn', () => {
-        helper.off('error', reject);
-        resolve();
-      });
-    });
-    helper.stdin?.on('error', () => {}); // its exit is what counts, see start() and helperGone()
-    const lines = createInterface({ input: helper.stdout! });
-    const ready = new Promise<void>((resolve, reject) => {
-      const early = (code: number | null, signal: NodeJS.Signals | null): void => reject(new Error(`it ${signal ? `was killed by signal ${signal}` : `exited with status ${code}`} before it was ready`));
-      helper.once('exit', early);
-      lines.once('line', (line) => {
-        helper.off('exit', early);
-        if (line === 'R') resolve();
-        else reject(new Error(`it said ${JSON.stringify(line)} instead of being ready`));
-      });
-    });
-    try {
-      await ready;
-    } catch (error) {
       helper.kill('SIGKILL');
+      if (helper.connected) helper.disconnect();
       throw error;
     }
-    lines.on('line', (line) => this.report(line));
-    return helper;
+    this.helper = helper;
+    helper.once('exit', (code, signal) => this.helperGone(helper, code, signal));
+    // Neither the helper nor its channel keeps tlsd running; the sessions do.
+    helper.unref();
+    helper.channel?.unref();
+    (helper.stdin as unknown as Socket | null)?.unref();
   }
 
-  private report(line: string): void {
-    const [kind, id, first, second] = line.split(' ');
-    const child = this.byId.get(Number(id));
-    if (!child) return;
-    if (kind === 'P') child.started(Number(first));
-    else if (kind === 'E') {
-      // As Node words it: "spawn nosuch ENOENT".
-      const code = errnoName(Number(first)) ?? `errno ${first}`;
-      child.fail(Object.assign(new Error(`spawn ${child.command} ${code}`), { code }));
-    } else if (kind === 'X') {
-      child.exited(first === '-' ? null : Number(first), second === '-' ? null : (signalNames.get(Number(second)) ?? null));
+  private report(message: unknown, handle: unknown): void {
+    if (!isReport(message)) {
+      closeHandle(handle);
+      return;
     }
-  }
-
-  private accept(socket: Socket): void {
-    // Not a closure here: one would share this scope and keep the header and timer for the
-    // connection's whole life.
-    socket.on('error', destroySelf);
-    const timer = setTimeout(() => socket.destroy(), HEADER_TIMEOUT_MS);
-    let header = Buffer.alloc(0);
-    const onData = (chunk: Buffer): void => {
-      header = Buffer.concat([header, chunk]);
-      if (header.length < HEADER_BYTES) return;
-      clearTimeout(timer);
-      socket.off('data', onData);
-      socket.pause();
-      const rest = header.subarray(HEADER_BYTES);
-      if (rest.length > 0) socket.unshift(rest);
-      const text = header.subarray(0, HEADER_BYTES).toString('latin1');
-      const child = this.byToken.get(text.slice(0, 32));
-      const which = text[32];
-      if (!child || text[33] !== '\n' || (which !== 'i' && which !== 'o')) socket.destroy();
-      else child.attach(which, socket);
-    };
-    socket.on('data', onData);
+    if ('stdin' in message || 'stdout' in message) {
+      const which = 'stdin' in message ? 'stdin' : 'stdout';
+      const id = 'stdin' in message ? message.stdin : message.stdout;
+      const child = this.children.get(id);
+      if (child && isSocket(handle)) child.attach(which, handle);
+      else closeHandle(handle);
+      return;
+    }
+    closeHandle(handle);
+    if ('started' in message) this.children.get(message.started)?.started(message.pid);
+    else if ('failed' in message) {
+      const child = this.children.get(message.failed);
+      // As Node words it: "spawn nosuch ENOENT".
+      const code = errnoName(message.errno) ?? `errno ${message.errno}`;
+      child?.fail(Object.assign(new Error(`spawn ${child.command} ${code}`), { code }));
+    } else if ('exited' in message) {
+      const signal = message.signal === undefined ? null : (signalNames.get(message.signal) ?? null);
+      this.children.get(message.exited)?.exited(message.status ?? null, signal);
+    }
   }
 
   private helperGone(helper: ChildProcess, code: number | null, signal: NodeJS.Signals | null): void {
     if (this.helper !== helper) return;
     this.helper = undefined;
     this.starting = undefined;
-    this.server?.close();
-    this.server = undefined;
-    if (this.byId.size > 0) this.options.log.error(`spawn helper ${signal ? `killed by signal ${signal}` : `exited with status ${code}`}; the exit status of ${this.byId.size} children is lost`);
-    for (const child of this.byId.values()) {
+    const lost = this.children.size > 0 ? `; the exit status of ${this.children.size} children is lost` : '';
+    this.options.log.error(`spawn helper ${describeExit(code, signal)}${lost}; the next child starts a new one`);
+    for (const child of this.children.values()) {
       child.fail(new Error('the spawn helper exited'));
       child.exited(null, null);
     }
@@ -220,7 +203,7 @@ export class SpawnHelper {
 
 /**
  * The spawn helper to start children with, or undefined for Node's own spawn: `TLSD_SPAWNER=node`,
- * or off Linux (the helper's socket lives in Linux's abstract namespace). `TLSD_SPAWNER=PATH` names
+ * or off Linux (the helper uses Linux's signalfd and close_range). `TLSD_SPAWNER=PATH` names
  * another build of the helper; by default it is the one built with tlsd.
  */
 export function chooseSpawner(env: NodeJS.ProcessEnv): string | undefined {
@@ -230,10 +213,24 @@ export function chooseSpawner(env: NodeJS.ProcessEnv): string | undefined {
 
 /** Whether a command line (from /proc/PID/cmdline) is a spawn helper's: for the tests (bench/proc.ts, compiled on its own, keeps a copy). */
 export function isSpawnHelperCommandLine(argv: readonly string[]): boolean {
-  return ADDRESS_PATTERN.test(argv[1] ?? '');
+  return argv[1] === SPAWN_HELPER_ARGUMENTS[0] && argv[2] === SPAWN_HELPER_ARGUMENTS[1];
 }
 
-/** An 'error' listener that closes the socket it is on. */
-function destroySelf(this: Socket): void {
-  this.destroy();
+const REPORT_KEYS = new Set(['ready', 'stdin', 'stdout', 'started', 'failed', 'exited']);
+
+/** A message of the helper's: an object whose first key names the report and whose values are integers. */
+function isReport(message: unknown): message is Report {
+  if (typeof message !== 'object' || message === null) return false;
+  const entries = Object.entries(message);
+  return entries.length > 0 && REPORT_KEYS.has(entries[0]![0]) && entries.every(([, value]) => Number.isSafeInteger(value));
+}
+
+function isSocket(handle: unknown): handle is Socket {
+  return typeof handle === 'object' && handle !== null && typeof (handle as Socket).destroy === 'function' && typeof (handle as Socket).write === 'function';
+}
+
+/** A descriptor that came with a message it does not belong to is closed, never kept. */
+function closeHandle(handle: unknown): void {
+  if (isSocket(handle)) handle.destroy();
+  else if (typeof handle === 'object' && handle !== null && typeof (handle as { close?: unknown }).close === 'function') (handle as { close(): void }).close();
 }

@@ -3,17 +3,32 @@
  * parent's page tables, no copy-on-write faults before the exec) and reports what
  * became of them. tlsd runs it once, after dropping its privileges; see src/daemon/spawn-helper.ts.
  *
- * Argument: the name of tlsd's private Unix socket (abstract namespace, without the leading NUL).
- * Requests on stdin:  `S id token argc envc bytes\n` then bytes of NUL-terminated argv and
- *                     environment entries (added to the helper's own environment);
+ * Who can reach it: tlsd alone. The helper has no name anywhere (no socket in any namespace, no
+ * file): it talks to tlsd over two descriptors tlsd made and gave it at exec, its stdin (requests)
+ * and Node's IPC channel (a socket pair, descriptor NODE_CHANNEL_FD: reports). Each child's stdin
+ * and stdout are socket pairs made here; the child gets one end of each, and the other end goes to
+ * tlsd over the channel (SCM_RIGHTS), so a child's stdio is a descriptor held by tlsd and the child
+ * and nothing else. Another process can reach none of these short of ptrace or /proc/PID/fd, which
+ * need tlsd's own user (or root).
+ *
+ * Arguments: `--protocol 2` (a helper of another protocol refuses to start, and tlsd falls back).
+ * Requests on stdin:  `S id argc envc bytes\n` then bytes of NUL-terminated argv and environment
+ *                     entries (added to the helper's own environment);
  *                     `K id signo\n` (kill, unless already reaped).
- * Reports on stdout:  `R` ready;  `P id pid` started;  `E id errno` could not start;
- *                     `X id status -` exited;  `X id - signo` killed by a signal.
- * Each child's stdin and stdout are connections to that socket, each beginning with the token,
- * `i` or `o`, and a newline.
+ *                     A request that does not parse ends the helper (status 3): after one, where
+ *                     the next request begins is unknown, and tlsd starts a new helper.
+ * Reports on the channel, one JSON object a line, as Node's IPC channel frames messages ("json"
+ * serialization); a descriptor rides on a message `{"cmd":"NODE_HANDLE","type":"net.Socket",
+ * "msg":…}`, which Node's child_process hands to tlsd as a net.Socket:
+ *   NODE_HANDLE {"ready":2}     ready (the handle shows that descriptors pass; tlsd closes it)
+ *   NODE_HANDLE {"stdin":ID}    tlsd's end of the child's stdin;  NODE_HANDLE {"stdout":ID}: stdout
+ *   {"started":ID,"pid":PID}    after both handles;  {"failed":ID,"errno":E}: could not start
+ *   {"exited":ID,"status":S}    or {"exited":ID,"signal":N}
+ * Node answers each handle with a NODE_HANDLE_ACK (or NACK) line, which the helper reads and drops.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <stddef.h>
@@ -23,11 +38,15 @@
 #include <string.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
-#include <sys/un.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 extern char **environ;
+
+#define PROTOCOL "2"
+#define MALFORMED_STATUS 3
 
 /*
  * The daemon manages shutdown; the helper leaves when its stdin ends, or when a report cannot be
@@ -36,12 +55,22 @@ extern char **environ;
 static const int ignored[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGPIPE};
 static const struct sigaction default_disposition = {.sa_handler = SIG_DFL};
 
-static struct sockaddr_un address;
-static socklen_t address_length;
+/* Node's IPC channel to tlsd. */
+static int channel = -1;
 
 static void die(const char *what) {
   fprintf(stderr, "tlsd spawn helper: %s: %s\n", what, strerror(errno));
   exit(1);
+}
+
+/* Closes every descriptor from `first` to `last`; close_range where the kernel has it (5.9). */
+static void close_from(unsigned first, unsigned last) {
+  if (first > last) return;
+#ifdef SYS_close_range
+  if (syscall(SYS_close_range, first, last, 0) == 0) return;
+#endif
+  long limit = sysconf(_SC_OPEN_MAX);
+  for (long fd = first; fd <= (long)last && fd < limit; fd++) close((int)fd);
 }
 
 /* ---- integer maps (open addressing, linear probing, deletion by backward shift) ---- */
@@ -113,7 +142,7 @@ static long map_take(map *m, long key) {
 
 static map id_of_pid, pid_of_id;
 
-/* ---- reports, written out once per turn of the loop ---- */
+/* ---- reports, written out once per turn of the loop (and before each descriptor sent) ---- */
 
 static char reports[65536];
 static size_t pending;
@@ -121,7 +150,7 @@ static size_t pending;
 static void flush_reports(void) {
   size_t done = 0;
   while (done < pending) {
-    ssize_t wrote = write(1, reports + done, pending - done);
+    ssize_t wrote = send(channel, reports + done, pending - done, MSG_NOSIGNAL);
     if (wrote < 0) {
       if (errno == EINTR) continue;
       exit(0); /* tlsd is gone */
@@ -132,27 +161,71 @@ static void flush_reports(void) {
 }
 
 static void report(const char *format, long a, long b) {
-  if (pending > sizeof reports - 64) flush_reports();
+  if (pending > sizeof reports - 128) flush_reports();
   pending += (size_t)snprintf(reports + pending, sizeof reports - pending, format, a, b);
 }
 
-/* ---- children ---- */
-
-/* A connection to tlsd's socket that announces itself with `token` and `which`; -1 on failure. */
-static int stdio_connection(const char *token, char which) {
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return -1;
-  char header[34];
-  memcpy(header, token, 32);
-  header[32] = which;
-  header[33] = '\n';
-  int saved;
-  if (connect(fd, (struct sockaddr *)&address, address_length) == 0 && send(fd, header, sizeof header, MSG_NOSIGNAL) == (ssize_t)sizeof header) return fd;
-  saved = errno;
-  close(fd);
-  errno = saved;
-  return -1;
+/*
+ * Sends `fd` to tlsd with a NODE_HANDLE message carrying `msg`; 0, or an errno. The message is one
+ * sendmsg, so the descriptor arrives with its first byte and the kernel never joins it to the
+ * next message (Node relies on that: one handle per read).
+ */
+static int send_descriptor(const char *msg, long id, int fd) {
+  flush_reports();
+  char text[128];
+  int length = snprintf(text, sizeof text, "{\"cmd\":\"NODE_HANDLE\",\"type\":\"net.Socket\",\"msg\":{\"%s\":%ld}}\n", msg, id);
+  struct iovec part = {.iov_base = text, .iov_len = (size_t)length};
+  union {
+    struct cmsghdr header;
+    char space[CMSG_SPACE(sizeof(int))];
+  } control;
+  memset(&control, 0, sizeof control);
+  struct msghdr message = {.msg_iov = &part, .msg_iovlen = 1, .msg_control = control.space, .msg_controllen = sizeof control.space};
+  struct cmsghdr *header = CMSG_FIRSTHDR(&message);
+  header->cmsg_level = SOL_SOCKET;
+  header->cmsg_type = SCM_RIGHTS;
+  header->cmsg_len = CMSG_LEN(sizeof(int));
+  memcpy(CMSG_DATA(header), &fd, sizeof fd);
+  ssize_t sent;
+  do sent = sendmsg(channel, &message, MSG_NOSIGNAL);
+  while (sent < 0 && errno == EINTR);
+  if (sent < 0 && errno == EPIPE) exit(0); /* tlsd is gone */
+  if (sent < 0) return errno;
+  if (sent != length) {
+    /* Half a message on the channel: nothing after it could be framed. */
+    fprintf(stderr, "tlsd spawn helper: a report was cut short\n");
+    exit(1);
+  }
+  return 0;
 }
+
+/* Node's 'pipe' stdio leaves our end of the channel non-blocking: reports are written whole. */
+static void take_channel(void) {
+  const char *number = getenv("NODE_CHANNEL_FD");
+  const char *mode = getenv("NODE_CHANNEL_SERIALIZATION_MODE");
+  char *end;
+  long fd = number ? strtol(number, &end, 10) : -1;
+  struct stat status;
+  if (!number || *end || fd < 3 || fd > 1 << 20 || fstat((int)fd, &status) != 0 || !S_ISSOCK(status.st_mode)) {
+    fprintf(stderr, "tlsd spawn helper: no IPC channel from tlsd (NODE_CHANNEL_FD)\n");
+    exit(2);
+  }
+  if (mode && strcmp(mode, "json") != 0) {
+    fprintf(stderr, "tlsd spawn helper: the IPC channel must use json serialization, not %s\n", mode);
+    exit(2);
+  }
+  channel = (int)fd;
+  /* Children never see the channel, nor the variables that name it. */
+  unsetenv("NODE_CHANNEL_FD");
+  unsetenv("NODE_CHANNEL_SERIALIZATION_MODE");
+  int flags = fcntl(channel, F_GETFL);
+  if (flags < 0 || fcntl(channel, F_SETFL, flags & ~O_NONBLOCK) != 0 || fcntl(channel, F_SETFD, FD_CLOEXEC) != 0) die("fcntl");
+  /* Whatever else tlsd's spawn passed down (descriptors its own parent leaked) goes now. */
+  close_from(3, (unsigned)channel - 1);
+  close_from((unsigned)channel + 1, ~0U);
+}
+
+/* ---- children ---- */
 
 static size_t name_length(const char *entry) {
   const char *equals = strchr(entry, '=');
@@ -184,7 +257,9 @@ static sigset_t none;
  * in the child, and ignored stays ignored across exec. Between vfork and exec the child shares
  * the helper's memory, so it only makes system calls and writes its errno to `failure`; the
  * helper catches no signal, so no handler can run there. A function of its own, so that the
- * caller's variables live in a frame the child never touches. Returns the pid, or -1 and *error.
+ * caller's variables live in a frame the child never touches. The child holds exactly 0, 1 and
+ * 2: every other descriptor here is close-on-exec, and it closes the rest as well in case.
+ * Returns the pid, or -1 and *error.
  */
 static __attribute__((noinline)) pid_t spawn_child(char *const argv[], char *const env[], int in, int out, int *error) {
   static volatile int failure;
@@ -193,7 +268,12 @@ static __attribute__((noinline)) pid_t spawn_child(char *const argv[], char *con
   if (pid == 0) {
     for (size_t i = 0; i < sizeof ignored / sizeof ignored[0]; i++) sigaction(ignored[i], &default_disposition, NULL);
     sigprocmask(SIG_SETMASK, &none, NULL);
-    if (dup2(in, 0) >= 0 && dup2(out, 1) >= 0) execvpe(argv[0], argv, env);
+    if (dup2(in, 0) >= 0 && dup2(out, 1) >= 0) {
+#ifdef SYS_close_range
+      syscall(SYS_close_range, 3U, ~0U, 0);
+#endif
+      execvpe(argv[0], argv, env);
+    }
     failure = errno;
     _exit(127);
   }
@@ -207,24 +287,48 @@ static __attribute__((noinline)) pid_t spawn_child(char *const argv[], char *con
   return pid;
 }
 
-static void start(long id, const char *token, char **argv, char **added, long envc) {
-  int in = stdio_connection(token, 'i');
-  int out = in < 0 ? -1 : stdio_connection(token, 'o');
-  int error = out < 0 ? errno : 0;
+static void close_pair(int pair[2]) {
+  if (pair[0] >= 0) close(pair[0]);
+  if (pair[1] >= 0) close(pair[1]);
+  pair[0] = pair[1] = -1;
+}
+
+/*
+ * A socket pair for one of a child's stdio: [0] for tlsd, non-blocking as libuv expects of what it
+ * is handed (it does not change a received descriptor's mode, and a blocking write would stop
+ * tlsd's event loop), [1] for the child, blocking as programs expect of their stdio.
+ */
+static int stdio_pair(int pair[2]) {
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) return errno;
+  int flags = fcntl(pair[0], F_GETFL);
+  if (flags < 0 || fcntl(pair[0], F_SETFL, flags | O_NONBLOCK) != 0) return errno;
+  return 0;
+}
+
+static void start(long id, char **argv, char **added, long envc) {
+  int in[2] = {-1, -1}, out[2] = {-1, -1};
+  int error = stdio_pair(in);
+  if (!error) error = stdio_pair(out);
   char **env = error ? NULL : environment_with(added, envc);
   if (!error && !env) error = ENOMEM;
-  pid_t pid = error ? -1 : spawn_child(argv, env, in, out, &error);
+  pid_t pid = error ? -1 : spawn_child(argv, env, in[1], out[1], &error);
   free(env);
-  if (in >= 0) close(in);
-  if (out >= 0) close(out);
-  if (pid < 0) {
-    report("E %ld %ld\n", id, error);
-    return;
+  /* The child's ends are the child's now; tlsd's go to tlsd. */
+  if (in[1] >= 0) close(in[1]);
+  if (out[1] >= 0) close(out[1]);
+  in[1] = out[1] = -1;
+  if (pid > 0) {
+    /* SIGCHLD is blocked (read from a signalfd), so the exit cannot be reaped before this. */
+    map_put(&id_of_pid, pid, id);
+    map_put(&pid_of_id, id, pid);
+    error = send_descriptor("stdin", id, in[0]);
+    if (!error) error = send_descriptor("stdout", id, out[0]);
+    if (error) kill(pid, SIGKILL); /* its exit is still reported, for an id tlsd has let go */
   }
-  /* SIGCHLD is blocked (read from a signalfd), so the exit cannot be reaped before this. */
-  map_put(&id_of_pid, pid, id);
-  map_put(&pid_of_id, id, pid);
-  report("P %ld %ld\n", id, pid);
+  close_pair(in);
+  close_pair(out);
+  if (error) report("{\"failed\":%ld,\"errno\":%ld}\n", id, error);
+  else report("{\"started\":%ld,\"pid\":%ld}\n", id, pid);
 }
 
 static void reap(void) {
@@ -234,8 +338,8 @@ static void reap(void) {
     long id = map_take(&id_of_pid, pid);
     if (!id) continue;
     map_take(&pid_of_id, id);
-    if (WIFSIGNALED(status)) report("X %ld - %ld\n", id, WTERMSIG(status));
-    else report("X %ld %ld -\n", id, WEXITSTATUS(status));
+    if (WIFSIGNALED(status)) report("{\"exited\":%ld,\"signal\":%ld}\n", id, WTERMSIG(status));
+    else report("{\"exited\":%ld,\"status\":%ld}\n", id, WEXITSTATUS(status));
   }
 }
 
@@ -246,87 +350,85 @@ static size_t in_size, in_length;
 
 /* The largest body taken: far above what exec accepts (argv and environment together). */
 #define MAX_BODY (64L << 20)
+/* A request line is short: a letter and at most five numbers. */
+#define MAX_LINE 160
+
+static void malformed(const char *why) {
+  fprintf(stderr, "tlsd spawn helper: malformed request (%s); leaving\n", why);
+  flush_reports();
+  exit(MALFORMED_STATUS);
+}
 
 /* Handles the request at the front of the buffer; returns the bytes it took, 0 if incomplete. */
 static size_t handle(const char *data, size_t length) {
-  const char *newline = memchr(data, '\n', length);
-  if (!newline) return 0;
+  const char *newline = memchr(data, '\n', length < MAX_LINE ? length : MAX_LINE);
+  if (!newline) {
+    if (length >= MAX_LINE) malformed("a line too long");
+    return 0;
+  }
   size_t line = (size_t)(newline - data) + 1;
-  /* sscanf reads a string: the buffer has no NUL after the line. Request lines are short. */
-  char text[160];
-  size_t text_length = line - 1 < sizeof text - 1 ? line - 1 : sizeof text - 1;
-  memcpy(text, data, text_length);
-  text[text_length] = '\0';
+  /* sscanf reads a string: the buffer has no NUL after the line. */
+  char text[MAX_LINE + 1];
+  memcpy(text, data, line - 1);
+  text[line - 1] = '\0';
   long id = 0, signo = 0, argc = 0, envc = 0, bytes = -1;
+  int used = 0;
   if (text[0] == 'K') {
-    if (sscanf(text, "K %ld %ld", &id, &signo) == 2 && id > 0) {
-      long pid = map_get(&pid_of_id, id);
-      if (pid) kill((pid_t)pid, (int)signo);
-    }
+    if (sscanf(text, "K %ld %ld%n", &id, &signo, &used) != 2 || text[used] || id < 1 || signo < 1 || signo > 64) malformed("a bad K line");
+    long pid = map_get(&pid_of_id, id);
+    if (pid) kill((pid_t)pid, (int)signo);
     return line;
   }
-  char token[34] = "";
-  int got = text[0] == 'S' ? sscanf(text, "S %ld %33s %ld %ld %ld", &id, token, &argc, &envc, &bytes) : 0;
-  int sized = got == 5 && bytes >= 0 && bytes <= MAX_BODY;
-  if (sized && length - line < (size_t)bytes) return 0;
-  size_t taken = line + (sized ? (size_t)bytes : 0);
+  if (text[0] != 'S' || sscanf(text, "S %ld %ld %ld %ld%n", &id, &argc, &envc, &bytes, &used) != 4 || text[used]) malformed("a bad request line");
   /* Each field takes at least its NUL, which bounds argc and envc (and what they allocate). */
-  if (!sized || id < 1 || strlen(token) != 32 || argc < 1 || envc < 0 || bytes < 1 || argc > bytes || envc > bytes - argc) {
-    /* tlsd sends no such request; if it did, the child it waits for is reported as failed. */
-    if (got >= 1 && id > 0) report("E %ld %ld\n", id, EINVAL);
-    return taken;
-  }
+  if (id < 1 || argc < 1 || envc < 0 || bytes < 1 || bytes > MAX_BODY || argc > bytes || envc > bytes - argc) malformed("counts out of range");
+  if (length - line < (size_t)bytes) return 0;
   char *body = (char *)data + line;
+  if (body[bytes - 1] != '\0') malformed("a body without its final NUL");
   /* argv, its NULL, then the environment entries: pointers into the body. */
   char **fields = malloc((size_t)(argc + 1 + envc) * sizeof(char *));
+  if (!fields) die("malloc");
   long n = 0;
-  if (fields && body[bytes - 1] == '\0')
-    for (char *p = body; p < body + bytes && n < argc + envc; p += strlen(p) + 1) fields[n < argc ? n : n + 1] = p, n++;
-  if (!fields) report("E %ld %ld\n", id, ENOMEM);
-  else if (n != argc + envc) report("E %ld %ld\n", id, EINVAL);
-  else {
-    fields[argc] = NULL;
-    start(id, token, fields, fields + argc + 1, envc);
+  for (char *p = body; p < body + bytes; p += strlen(p) + 1) {
+    if (n == argc + envc) malformed("more fields than counted");
+    fields[n < argc ? n : n + 1] = p;
+    n++;
   }
+  if (n != argc + envc) malformed("fewer fields than counted");
+  fields[argc] = NULL;
+  start(id, fields, fields + argc + 1, envc);
   free(fields);
-  return taken;
+  return line + (size_t)bytes;
 }
 
-static void connect_to_tlsd(const char *name) {
-  /* Node binds an abstract name either padded with NULs to the full sun_path or at its exact
-   * length, depending on its version: try both, announcing ourselves with a header no child has. */
-  size_t length = strlen(name);
-  if (length + 1 > sizeof address.sun_path) {
-    errno = ENAMETOOLONG;
-    die("socket name");
+/* Reads what tlsd sent on the channel (acknowledgements of descriptors) and drops it. */
+static void drain_channel(void) {
+  char sink[4096];
+  for (;;) {
+    ssize_t got = recv(channel, sink, sizeof sink, MSG_DONTWAIT);
+    if (got > 0) continue;
+    if (got == 0) exit(0); /* tlsd is gone */
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+    exit(0);
   }
-  address.sun_family = AF_UNIX;
-  memcpy(address.sun_path + 1, name, length);
-  socklen_t candidates[] = {(socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + length), (socklen_t)sizeof address};
-  char probe[34];
-  memset(probe, '0', 32);
-  for (int i = 0; i < 2; i++) {
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) die("socket");
-    address_length = candidates[i];
-    if (connect(fd, (struct sockaddr *)&address, address_length) == 0) {
-      probe[32] = 'p';
-      probe[33] = '\n';
-      if (send(fd, probe, sizeof probe, MSG_NOSIGNAL) < 0) die("write");
-      close(fd);
-      return;
-    }
-    close(fd);
-  }
-  die("cannot connect to tlsd");
+}
+
+/* Ready, with a descriptor: if tlsd's Node does not take descriptors this way, it never sees it. */
+static void announce_ready(void) {
+  int pair[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) die("socketpair");
+  errno = send_descriptor("ready", strtol(PROTOCOL, NULL, 10), pair[0]);
+  if (errno) die("sendmsg");
+  close_pair(pair);
 }
 
 int main(int argc, char **argv) {
-  if (argc != 2) {
-    fprintf(stderr, "usage: tlsd-spawn-helper SOCKET-NAME (started by tlsd)\n");
+  if (argc != 3 || strcmp(argv[1], "--protocol") != 0 || strcmp(argv[2], PROTOCOL) != 0) {
+    fprintf(stderr, "usage: tlsd-spawn-helper --protocol " PROTOCOL " (started by tlsd)\n");
     return 2;
   }
-  connect_to_tlsd(argv[1]);
+  take_channel();
 
   sigset_t chld;
   sigemptyset(&chld);
@@ -343,14 +445,14 @@ int main(int argc, char **argv) {
   in_buffer = malloc(in_size);
   if (!in_buffer) die("malloc");
 
-  report("R\n", 0, 0);
-  flush_reports();
-  struct pollfd watched[2] = {{.fd = 0, .events = POLLIN}, {.fd = children, .events = POLLIN}};
+  announce_ready();
+  struct pollfd watched[3] = {{.fd = 0, .events = POLLIN}, {.fd = children, .events = POLLIN}, {.fd = channel, .events = POLLIN}};
   for (;;) {
-    if (poll(watched, 2, -1) < 0) {
+    if (poll(watched, 3, -1) < 0) {
       if (errno == EINTR) continue;
       die("poll");
     }
+    if (watched[2].revents) drain_channel();
     if (watched[1].revents) {
       struct signalfd_siginfo info;
       while (read(children, &info, sizeof info) > 0) {

@@ -131,26 +131,6 @@ export function openFds(pid: number | 'self'): Map<number, string> {
   return fds;
 }
 
-const O_CLOEXEC = 0o2000000;
-
-/**
- * Descriptors above 2 that this process leaves open across exec: whatever started the tests may
- * have passed some down, and every program we spawn inherits them, tlsd and its children too.
- */
-export function inheritedByChildren(): Set<number> {
-  const inherited = new Set<number>();
-  for (const fd of openFds('self').keys()) {
-    if (fd <= 2) continue;
-    try {
-      const flags = /^flags:\s*([0-7]+)$/m.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'))?.[1];
-      if (flags !== undefined && (parseInt(flags, 8) & O_CLOEXEC) === 0) inherited.add(fd);
-    } catch {
-      // closed meanwhile
-    }
-  }
-  return inherited;
-}
-
 /** Rejects with `what` if `promise` has not settled within `ms`: a broken case fails, never hangs. */
 export async function withDeadline<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;

@@ -50,12 +50,19 @@ export interface StartOptions {
   stdin?: 'pipe' | 'ignore';
   /** Wait for the Listening line (default true). */
   listening?: boolean;
+  /** Descriptors tlsd inherits, target number to ours, as from a shell's `exec 300<file`. */
+  inherit?: Record<number, number>;
 }
 
 /** Runs the real bin/tlsd on loopback with -e and a random port, and kills it at teardown. */
 export async function startTlsd(t: Teardown, start: StartOptions): Promise<RunningTlsd> {
   const args = [bin('tlsd'), '-e', '-b', '127.0.0.1', ...(start.identity ? ['-k', start.identity.key, '-c', start.identity.cert] : []), ...(start.options ?? []), '--', ...start.command];
-  const spawnOptions: SpawnOptions = { stdio: [start.stdin ?? 'ignore', 'ignore', 'pipe'], env: { ...process.env, ...start.env } };
+  const stdio: Array<'ignore' | 'pipe' | number> = [start.stdin ?? 'ignore', 'ignore', 'pipe'];
+  for (const [target, fd] of Object.entries(start.inherit ?? {})) {
+    while (stdio.length < Number(target)) stdio.push('ignore');
+    stdio[Number(target)] = fd;
+  }
+  const spawnOptions: SpawnOptions = { stdio, env: { ...process.env, ...start.env } };
   const proc = spawn(process.execPath, args, spawnOptions);
   const running = watch(proc);
   t.teardown(async () => {
