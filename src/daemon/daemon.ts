@@ -39,7 +39,7 @@ export interface DaemonOptions {
   /** --socks (or ALL_PROXY): outgoing connections go through this SOCKS5 proxy. */
   proxy?: ProxyAddress;
   maxPeers: number;
-  /** --max-per-ip: most connections from one address at once; no limit when undefined. */
+  /** --max-per-ip: most connections from one address (an IPv6 /64) at once; no limit when undefined. */
   maxPerAddress?: number;
   maxHandshakes: number;
   handshakeTimeoutMs: number;

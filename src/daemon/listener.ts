@@ -1,9 +1,12 @@
 import { closeSync, openSync } from 'node:fs';
 import { createServer as createNetServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
 import { createServer as createTlsServer, type SecureContextOptions, type Server as TlsServer, type TLSSocket } from 'node:tls';
+import { BurstLog } from '../burst-log.js';
 import type { Logger } from '../logger.js';
 import { reason } from '../reason.js';
 import { tcpSocketOf } from '../os/tcp-probe.js';
+import { addressGroup } from './address-group.js';
+import { HandshakeSlots, type Eviction } from './handshake-slots.js';
 import { TCP_TUNING } from './tcp-tuning.js';
 
 export interface ListenerOptions {
@@ -13,8 +16,9 @@ export interface ListenerOptions {
   activated?: readonly number[];
   credentials: SecureContextOptions;
   handshakeTimeoutMs: number;
+  /** Handshake slots, shared fairly between addresses (HandshakeSlots). */
   maxHandshakes: number;
-  /** Most connections from one address at once, handshakes included; no limit when undefined. */
+  /** Most connections from one address (an IPv6 /64) at once, handshakes included; no limit when undefined. */
   maxPerAddress?: number;
   log: Logger;
   /** Asked for every new TCP connection before any TLS work; a reason to refuse, or undefined. */
@@ -25,17 +29,23 @@ export interface ListenerOptions {
 
 // Large enough that a burst of connections is queued by the kernel, not dropped.
 const LISTEN_BACKLOG = 4096;
+/** Evictions after the first of a burst are told in one line per this interval. */
+const EVICTION_SUMMARY_MS = 10_000;
 
 /**
  * Accepts TCP connections and runs their TLS handshakes. Connections over a limit are closed
  * before the handshake costs anything; each handshake has a deadline, so a silent or slow client
- * holds one slot for a bounded time and never delays anyone else.
+ * holds one slot for a bounded time and never delays anyone else. Slots are shared fairly between
+ * addresses: whoever fills them all is made to give one up to a client from elsewhere.
  */
 export class Listener {
   private readonly tcp: NetServer[];
   private readonly tls: TlsServer;
-  private handshakes = 0;
-  /** Open connections per remote address, kept only with a per-address limit. */
+  /** Handshakes in progress, by their TCP socket (what accept sees, and what an eviction ends). */
+  private readonly slots: HandshakeSlots<Socket>;
+  /** One client can cause an eviction per connection it opens: told in full once, then counted. */
+  private readonly evictions: BurstLog;
+  /** Open connections per address group, kept only with a per-address limit. */
   private readonly perAddress = new Map<string, number>();
 
   constructor(private readonly options: ListenerOptions) {
@@ -46,17 +56,23 @@ export class Listener {
       rejectUnauthorized: false,
       handshakeTimeout: options.handshakeTimeoutMs,
     });
-    // Every handshake ends in exactly one of these two events, which frees its slot.
+    this.slots = new HandshakeSlots(options.maxHandshakes);
+    this.evictions = new BurstLog(
+      options.log,
+      EVICTION_SUMMARY_MS,
+      (count, seconds, last) => `${count} more handshake(s) evicted in the last ${seconds} s to make room for other addresses, the last from ${last}`,
+    );
+    // Every handshake ends in exactly one of these two events, which frees its slot (an evicted
+    // one has none left: its connection is closed, and fails with "socket hang up").
     this.tls.on('secureConnection', (socket: TLSSocket) => {
-      this.handshakes--;
+      this.slots.release(tcpSocketOf(socket) ?? socket);
       // Half-open only once secure: a peer that ends its side still gets the child's whole reply,
       // while an end during the handshake fails it at once rather than at the deadline.
       socket.allowHalfOpen = true;
       options.onSecure(socket, remoteOf(socket));
     });
     this.tls.on('tlsClientError', (error: Error, socket: TLSSocket) => {
-      this.handshakes--;
-      options.log.info(`${remoteOf(socket)}: TLS handshake failed: ${reason(error)}`);
+      if (this.slots.release(tcpSocketOf(socket) ?? socket)) options.log.info(`${remoteOf(socket)}: TLS handshake failed: ${reason(error)}`);
       // Node leaves a failed socket open when this event has a listener: close it, or it leaks.
       socket.destroy();
     });
@@ -64,7 +80,7 @@ export class Listener {
   }
 
   get pendingHandshakes(): number {
-    return this.handshakes;
+    return this.slots.size;
   }
 
   /** Resolves with the addresses served, or rejects with a one-line reason (port in use, bad address). */
@@ -97,35 +113,43 @@ export class Listener {
 
   close(): void {
     for (const server of this.tcp) server.close();
+    this.evictions.flush();
   }
 
   private accept(socket: Socket): void {
     const remote = formatAddress(socket.remoteAddress, socket.remotePort);
     const { maxHandshakes, maxPerAddress } = this.options;
-    const address = socket.remoteAddress ?? '';
-    const fromAddress = this.perAddress.get(address) ?? 0;
+    const group = addressGroup(socket.remoteAddress ?? '');
+    const fromGroup = this.perAddress.get(group) ?? 0;
+    // The other limits first: a newcomer they refuse must not cost anyone a slot.
     const refusal =
-      this.handshakes >= maxHandshakes
-        ? `too many handshakes in progress (${maxHandshakes})`
-        : maxPerAddress !== undefined && fromAddress >= maxPerAddress
-          ? `too many connections from ${address} (${maxPerAddress})`
-          : (descriptorShortage() ?? this.options.refuse(remote));
-    if (refusal) {
-      this.options.log.warning(`${remote}: connection refused: ${refusal}`);
+      maxPerAddress !== undefined && fromGroup >= maxPerAddress
+        ? `too many connections from ${group} (${maxPerAddress})`
+        : (descriptorShortage() ?? this.options.refuse(remote));
+    const admission = refusal === undefined ? this.slots.admit(socket, group) : undefined;
+    if (!admission?.admitted) {
+      this.options.log.warning(`${remote}: connection refused: ${refusal ?? `too many handshakes in progress (${maxHandshakes})`}`);
       socket.destroy();
       return;
     }
+    if (admission.evicted) this.evict(admission.evicted, remote);
     if (maxPerAddress !== undefined) {
-      this.perAddress.set(address, fromAddress + 1);
+      this.perAddress.set(group, fromGroup + 1);
       // The TCP socket closes last, after the TLS session and the child's output are done.
       socket.on('close', () => {
-        const left = (this.perAddress.get(address) ?? 1) - 1;
-        if (left > 0) this.perAddress.set(address, left);
-        else this.perAddress.delete(address);
+        const left = (this.perAddress.get(group) ?? 1) - 1;
+        if (left > 0) this.perAddress.set(group, left);
+        else this.perAddress.delete(group);
       });
     }
-    this.handshakes++;
     this.tls.emit('connection', socket);
+  }
+
+  /** Ends a pending handshake that gave its slot up to `newcomer` (its slot is already taken). */
+  private evict({ item: socket, group, held }: Eviction<Socket>, newcomer: string): void {
+    const victim = formatAddress(socket.remoteAddress, socket.remotePort);
+    this.evictions.report(`${victim}: handshake evicted to make room for ${newcomer}: ${group} held the most pending handshakes (${held} of ${this.options.maxHandshakes})`, group);
+    socket.destroy();
   }
 }
 

@@ -6,9 +6,12 @@ import { isSpawnHelperCommandLine } from '../../src/daemon/spawn-helper.js';
 import { makeIdentity, tempDir, type TestIdentity } from './identity.js';
 import type { RunningTlsd, Teardown } from './tlsd.js';
 
-/** A plain TCP connection to tlsd on loopback, destroyed at teardown; it sends nothing by itself. */
-export async function rawConnect(t: Teardown, port: number, ms = 10_000): Promise<Socket> {
-  const socket = netConnect({ host: '127.0.0.1', port });
+/**
+ * A plain TCP connection to tlsd on loopback, destroyed at teardown; it sends nothing by itself.
+ * `from` is the loopback address it comes from (any of 127.0.0.0/8 works on Linux).
+ */
+export async function rawConnect(t: Teardown, port: number, { from = '127.0.0.1', ms = 10_000 } = {}): Promise<Socket> {
+  const socket = netConnect({ host: '127.0.0.1', port, localAddress: from });
   t.teardown(() => void socket.destroy());
   socket.on('error', () => {}); // a reset from tlsd is an outcome the test looks at, not a crash
   const timer = setTimeout(() => socket.destroy(new Error(`no TCP connection within ${ms} ms`)), ms);
@@ -129,6 +132,29 @@ export function openFds(pid: number | 'self'): Map<number, string> {
     }
   }
   return fds;
+}
+
+/** Sends SIGUSR1 and waits for the Status line it brings: the peers and pending handshakes tlsd counts. */
+export async function statusOf(tlsd: RunningTlsd, ms = 10_000): Promise<{ peers: number; handshakes: number }> {
+  const pattern = /Status: (\d+) peer\(s\), (\d+) handshake\(s\) in progress/g;
+  const seen = countMatches(tlsd.stderr(), pattern);
+  tlsd.proc.kill('SIGUSR1');
+  await waitUntil(() => countMatches(tlsd.stderr(), pattern) > seen, 'a Status line after SIGUSR1', tlsd, ms);
+  const last = [...tlsd.stderr().matchAll(pattern)].at(-1)!;
+  return { peers: Number(last[1]), handshakes: Number(last[2]) };
+}
+
+/**
+ * Asks for the status (SIGUSR1) until it reads `expected`, for at most `ms`, and returns the last:
+ * connections tlsd has not accepted yet (the kernel completed them) are not counted yet.
+ */
+export async function settledStatus(tlsd: RunningTlsd, expected: { peers: number; handshakes: number }, ms = 10_000): Promise<{ peers: number; handshakes: number }> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const status = await statusOf(tlsd);
+    if ((status.peers === expected.peers && status.handshakes === expected.handshakes) || Date.now() > deadline) return status;
+    await sleep(100);
+  }
 }
 
 /** Rejects with `what` if `promise` has not settled within `ms`: a broken case fails, never hangs. */
