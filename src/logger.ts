@@ -1,4 +1,5 @@
 import { UnixDatagramSender } from './os/datagram.js';
+import { escapeUnprintable, unicodeEscape } from './unprintable.js';
 
 export type Severity = 'error' | 'warning' | 'notice' | 'info';
 
@@ -53,7 +54,9 @@ export class Logger {
   }
 
   log(severity: Severity, message: string, stderr = this.alwaysStderr): void {
-    const line = message.replace(/[\r\n]+/g, ' ');
+    // One line, and nothing in it that a terminal or a log viewer would act on, whatever a message
+    // carries: text from peers is quoted where it is logged, and this holds if a quote is missed.
+    const line = escapeUnprintable(message.replace(/[\r\n]+/g, ' '), unicodeEscape);
     let delivered = false;
     if (Date.now() >= this.syslogRetryAt) {
       delivered = this.syslog.send(Buffer.from(this.syslogRecord(severity, line))) === undefined;
@@ -102,8 +105,27 @@ export class Logger {
   }
 }
 
-/** Shows untrusted text (stdin lines, peer data) in a log line: quoted, escaped and cut short. */
+/**
+ * Shows untrusted text (stdin lines, peer data) in a log line: in double quotes, cut short, with
+ * `"`, `\` and every unprintable character escaped as JSON does (`\n`, `\u007f`), so that nothing
+ * in it can end the quotes, the line, or change how the line reads.
+ */
 export function quote(text: string, max = 80): string {
   const cut = text.length > max ? `${text.slice(0, max)}…` : text;
-  return JSON.stringify(cut);
+  return escapeUnprintable(JSON.stringify(cut), unicodeEscape);
+}
+
+/**
+ * Shows untrusted bytes (a server name as sent) in a log line: in double quotes, cut short,
+ * printable ASCII as it is, `\"` and `\\`, and every other byte as `\xNN`, so the exact bytes can
+ * be read back whatever their encoding.
+ */
+export function quoteBytes(bytes: Uint8Array, max = 80): string {
+  let text = '';
+  for (const byte of bytes.subarray(0, max)) {
+    if (byte === 0x22 || byte === 0x5c) text += `\\${String.fromCharCode(byte)}`;
+    else if (byte >= 0x20 && byte < 0x7f) text += String.fromCharCode(byte);
+    else text += `\\x${byte.toString(16).padStart(2, '0')}`;
+  }
+  return `"${text}"${bytes.length > max ? '…' : ''}`;
 }

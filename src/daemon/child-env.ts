@@ -1,5 +1,6 @@
 import type { TLSSocket } from 'node:tls';
 import type { PeerIdentity } from './peer-check.js';
+import type { PeerNames } from './peer-names.js';
 
 export type Side = 'SERVER' | 'CLIENT';
 
@@ -27,11 +28,9 @@ const CONNECTION_VARIABLES = [
   'SSL_PEER_CERT_SUBJECT',
 ] as const;
 
-export interface ChildConnection {
+export interface ChildConnection extends PeerNames {
   side: Side;
   peer: PeerIdentity;
-  /** The server name of the handshake: the one the client sent, or the one we sent. */
-  serverName: string | undefined;
 }
 
 export type Environment = Record<string, string>;
@@ -66,20 +65,11 @@ export function connectionEnvironment(socket: TLSSocket, connection: ChildConnec
   set('SSL_CIPHER', socket.getCipher()?.name);
   set('SSL_TLS_SNI_SERVERNAME', connection.serverName);
   set('SSL_PEER_CERT_HASH', peer.sha256 && `SHA256:${peer.sha256}`);
-  set('SSL_PEER_CERT_SUBJECT', peer.certificate && oneLineName(peer.certificate.subject));
+  set('SSL_PEER_CERT_SUBJECT', connection.subject);
   return env;
 }
 
 /** IPv4 peers of a dual-stack listener appear as ::ffff:a.b.c.d; scripts expect a.b.c.d. */
 function plainAddress(address: string | undefined): string | undefined {
   return address?.replace(/^::ffff:(?=\d+\.\d+\.\d+\.\d+$)/i, '');
-}
-
-/** OpenSSL's one-line form, `/CN=alice/O=Example`, as s6-tlsserver (libtls) gives it. */
-function oneLineName(subject: string): string {
-  return subject
-    .split('\n')
-    .filter((part) => part !== '')
-    .map((part) => `/${part}`)
-    .join('');
 }

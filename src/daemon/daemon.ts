@@ -1,5 +1,5 @@
 import { openSync } from 'node:fs';
-import { isIP, type AddressInfo } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import type { Readable } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
 import { quote, type Logger } from '../logger.js';
@@ -14,6 +14,7 @@ import { loadIdentity, type Identity } from './identity.js';
 import { readLines } from './line-reader.js';
 import { formatAddress, Listener } from './listener.js';
 import { checkPeer, type Expectation, type TrustPolicy } from './peer-check.js';
+import { peerNames } from './peer-names.js';
 import { PeerTable } from './peer-table.js';
 import type { ProxyAddress } from './proxy.js';
 import { Session, type SessionSettings } from './session.js';
@@ -293,8 +294,8 @@ export class Daemon {
       socket.destroy();
       return undefined;
     }
-    const serverName = side === 'SERVER' ? serverNameOf(socket) : expectation.host && isIP(expectation.host) === 0 ? expectation.host.replace(/\.$/, '') : undefined;
-    const env = connectionEnvironment(socket, { side, peer, serverName });
+    const names = peerNames(socket, { side, dialed: expectation.host, certificate, note: (problem) => log.notice(`${remote}: ${problem}`) });
+    const env = connectionEnvironment(socket, { side, peer, ...names });
     const session = new Session(socket, this.sessionSettings, remote, env);
     this.sessions.set(session, { side, remote, sha256, alias: peer.alias });
     options.onPeerCount?.(this.sessions.size);
@@ -308,12 +309,6 @@ interface PeerRow {
   remote: string;
   sha256: string | undefined;
   alias: string | undefined;
-}
-
-/** The name a client asked for (SNI); the tls typings leave it out of TLSSocket. */
-function serverNameOf(socket: TLSSocket): string | undefined {
-  const name = (socket as TLSSocket & { servername?: string | false }).servername;
-  return typeof name === 'string' && name !== '' ? name : undefined;
 }
 
 /** A refused peer gets close_notify and a FIN, not a reset: its client reports a clean end. */

@@ -1,4 +1,5 @@
 import { isIP } from 'node:net';
+import { isHostName } from './host-name.js';
 
 export interface DialTarget {
   host: string;
@@ -39,9 +40,4 @@ export function parseDialLine(line: string): ParsedLine {
 export function normalizeFingerprint(text: string): string | undefined {
   const hex = text.replace(/^sha256:/i, '').replace(/:/g, '').toLowerCase();
   return /^[0-9a-f]{64}$/.test(hex) ? hex : undefined;
-}
-
-// RFC 1123 names, plus the trailing dot of a fully qualified one; length-limited as DNS is.
-function isHostName(host: string): boolean {
-  return host.length <= 253 && /^(?=.)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.?$/i.test(host);
 }

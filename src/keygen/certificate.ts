@@ -57,10 +57,18 @@ const derNull = new Uint8Array([0x05, 0x00]).buffer;
 
 /** A self-signed X.509 v3 certificate, in DER. */
 export function selfSignedCertificate(spec: CertificateSpec): Buffer {
+  return signedCertificate({ ...spec, name: subjectName(spec.subject) });
+}
+
+/**
+ * A self-signed certificate for a name as it is: the tests build names no --subject would make
+ * (control characters, multi-valued RDNs, odd string types) to see what a peer's children get.
+ */
+export function signedCertificate(spec: Omit<CertificateSpec, 'subject'> & { name: Name }): Buffer {
+  const { name } = spec;
   const algorithm = signatureAlgorithms[spec.type];
   const signatureAlgorithm = new AlgorithmIdentifier({ algorithm: algorithm.oid, ...(algorithm.nullParameters ? { parameters: derNull } : {}) });
   const publicKeyInfo = AsnConvert.parse(spec.keys.publicKey.export({ type: 'spki', format: 'der' }), SubjectPublicKeyInfo);
-  const name = subjectName(spec.subject);
   const tbs = new TBSCertificate({
     version: Version.v3,
     serialNumber: serialNumber(),

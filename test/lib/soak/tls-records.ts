@@ -10,16 +10,19 @@ export interface HelloOptions {
   version: number;
   /** Compression methods offered, in order (0 = null, 1 = DEFLATE). */
   compression?: number[];
+  /** The server_name extension's host name, byte for byte, whatever TLS libraries would refuse to send. */
+  serverName?: Buffer;
 }
 
 const u16 = (n: number): Buffer => Buffer.from([n >> 8, n & 255]);
 const vector16 = (body: Buffer): Buffer => Buffer.concat([u16(body.length), body]);
 const extension = (type: number, body: Buffer): Buffer => Buffer.concat([u16(type), vector16(body)]);
 
-export function clientHello({ version, compression = [0] }: HelloOptions): Buffer {
+export function clientHello({ version, compression = [0], serverName }: HelloOptions): Buffer {
   // ECDHE-ECDSA and ECDHE-RSA with AES-GCM and AES-CBC, then plain RSA: enough for any version.
   const suites = [0xc02b, 0xc02f, 0xc02c, 0xc030, 0xc009, 0xc013, 0xc00a, 0xc014, 0x002f, 0x0035, 0x000a];
   const extensions = [
+    ...(serverName ? [extension(0x0000, vector16(Buffer.concat([Buffer.from([0]), vector16(serverName)])))] : []), // server_name: one host_name (type 0)
     extension(0x000a, vector16(Buffer.concat([u16(0x0017), u16(0x0018)]))), // supported_groups: P-256, P-384
     extension(0x000b, Buffer.from([1, 0])), // ec_point_formats: uncompressed
     ...(version >= 0x0303 ? [extension(0x000d, vector16(Buffer.concat([0x0403, 0x0503, 0x0804, 0x0401].map(u16))))] : []), // signature_algorithms

@@ -1,0 +1,35 @@
+import { join } from 'node:path';
+import { setImmediate as nextTurn } from 'node:timers/promises';
+import t from 'tap';
+import { Logger, quote, quoteBytes } from '../src/logger.js';
+import { tempDir } from './lib/identity.js';
+
+t.test('quoting untrusted text and bytes for a log line', async (t) => {
+  t.equal(quote('plain'), '"plain"');
+  t.equal(quote('a"b\\c\nd\te\u0000'), '"a\\"b\\\\c\\nd\\te\\u0000"');
+  t.equal(quote('del\u007f c1\u0085 rlo\u202e ls\u2028 tag\u{e0001}'), '"del\\u007f c1\\u0085 rlo\\u202e ls\\u2028 tag\\u{e0001}"');
+  t.equal(quote('Zoë 日本'), '"Zoë 日本"', 'printable text as it is');
+  t.equal(quote('x'.repeat(100), 10), `"${'x'.repeat(10)}…"`);
+  t.equal(quoteBytes(Buffer.from('a\nX=1\tb')), '"a\\x0aX=1\\x09b"');
+  t.equal(quoteBytes(Buffer.from([0x22, 0x5c, 0x7f, 0x80, 0xff, 0x00, 0x7e])), '"\\"\\\\\\x7f\\x80\\xff\\x00~"');
+  t.equal(quoteBytes(Buffer.from('café')), '"caf\\xc3\\xa9"');
+  t.equal(quoteBytes(Buffer.alloc(100, 0x61), 5), '"aaaaa"…');
+});
+
+t.test('a log line holds nothing unprintable, whatever its message carries', async (t) => {
+  const written: string[] = [];
+  const write = process.stderr.write.bind(process.stderr);
+  process.stderr.write = ((chunk: string | Uint8Array) => {
+    written.push(String(chunk));
+    return true;
+  }) as typeof process.stderr.write;
+  try {
+    const log = new Logger({ ident: 'test', stderr: true, syslogPath: join(tempDir(), 'no-syslog') });
+    log.notice('one\r\ntwo\u001b[2J three\u202eevil \u0085four\u2028five');
+    await nextTurn();
+    log.close();
+  } finally {
+    process.stderr.write = write;
+  }
+  t.equal(written.join(''), 'test: one two\\u001b[2J three\\u202eevil \\u0085four\\u2028five\n');
+});
