@@ -1,4 +1,4 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -6,72 +6,13 @@ import t from 'tap';
 import { eventually } from './lib/eventually.js';
 import { tempDir } from './lib/identity.js';
 import { runProgram } from './lib/run.js';
-import { bin, installedPrograms, type Teardown } from './lib/tlsd.js';
+import { appears, shell, startStd2fifo, watchOutput, type Running } from './lib/std2fifo.js';
+import { installedPrograms, type Teardown } from './lib/tlsd.js';
 
 const root = tempDir('std2fifo-test-');
 const sha = (data: Buffer): string => createHash('sha256').update(data).digest('hex');
 let names = 0;
 const freshName = (): string => `peer${++names}`;
-
-interface Running {
-  proc: ChildProcess;
-  /** Everything on stdout so far. */
-  stdout(): Buffer;
-  stderr(): string;
-  /** Resolves once stdout holds at least `length` bytes; rejects after `ms`. */
-  stdoutLength(length: number, ms?: number): Promise<Buffer>;
-  exited: Promise<number | null>;
-}
-
-function watchOutput(proc: ChildProcess): Running {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  let stderr = '';
-  const waiters: Array<() => void> = [];
-  proc.stdout?.on('data', (chunk: Buffer) => {
-    chunks.push(chunk);
-    size += chunk.length;
-    for (const waiter of waiters.splice(0)) waiter();
-  });
-  proc.stderr?.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
-  const exited = new Promise<number | null>((resolve) => proc.once('close', (status) => resolve(status)));
-  return {
-    proc,
-    stdout: () => Buffer.concat(chunks),
-    stderr: () => stderr,
-    exited,
-    stdoutLength(length, ms = 10_000) {
-      return new Promise((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error(`${size} of ${length} bytes within ${ms} ms; stderr: ${stderr}`)), ms);
-        const check = (): void => {
-          if (size >= length) {
-            clearTimeout(timer);
-            resolve(Buffer.concat(chunks));
-          } else waiters.push(check);
-        };
-        check();
-      });
-    },
-  };
-}
-
-/** Runs bin/std2fifo with stdin and stdout as pipes; killed at teardown if still running. */
-function startStd2fifo(t: Teardown, args: string[], env: NodeJS.ProcessEnv): Running {
-  const proc = spawn(process.execPath, [bin('std2fifo'), ...args], {
-    stdio: ['pipe', 'pipe', 'pipe'],
-    env: { ...process.env, TLSD_SYSLOG_SOCKET: '/nonexistent/tlsd-test-log', ...env },
-  });
-  t.teardown(() => void (proc.exitCode === null && proc.signalCode === null && proc.kill('SIGKILL')));
-  return watchOutput(proc);
-}
-
-/** A shell command on the FIFO side, as local programs use them; killed at teardown. */
-function shell(t: Teardown, script: string, ...args: string[]): Running {
-  // Its own process group, so that killing it kills a `cat` it started too.
-  const proc = spawn('sh', ['-c', script, 'sh', ...args], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
-  t.teardown(() => killGroup(proc));
-  return watchOutput(proc);
-}
 
 /**
  * A reader of `out` as std2fifo(1) asks message-mode readers to be, like the IM client: each
@@ -93,20 +34,6 @@ function messageReader(t: Teardown, path: string): Running {
   const proc = spawn(process.execPath, ['-e', script, path], { stdio: ['ignore', 'pipe', 'pipe'] });
   t.teardown(() => void proc.kill('SIGKILL'));
   return watchOutput(proc);
-}
-
-function killGroup(proc: ChildProcess): void {
-  try {
-    if (proc.pid !== undefined) process.kill(-proc.pid, 'SIGKILL');
-  } catch {
-    // gone already
-  }
-}
-
-/** Resolves when `path` exists (std2fifo made it), polling for at most 10 s. */
-async function appears(path: string): Promise<void> {
-  for (let i = 0; i < 200 && !existsSync(path); i++) await new Promise((resolve) => setTimeout(resolve, 50));
-  if (!existsSync(path)) throw new Error(`${path} did not appear`);
 }
 
 t.test('message mode: the directory, the FIFOs and their modes', async (t) => {

@@ -127,7 +127,8 @@ t.test('bad start-up input: one line, exit 1, never listening', async (t) => {
         ? spawnSync('env', ['-u', 'NODE_OPTIONS', process.execPath, bin('tlsd'), '-k', locked, '-c', cert, 'cat'], { uid: 65534, gid: 65534, encoding: 'utf8', timeout: 10_000, env: { ...process.env, TLSD_SYSLOG_SOCKET: '/nonexistent/tlsd-test-log' } })
         : undefined;
     const run = result ? { status: result.status, signal: result.signal, stdout: result.stdout, stderr: result.stderr } : await tlsd(['-k', locked, '-c', cert, 'cat']);
-    startFailure(t, run, new RegExp(`^tlsd: Cannot read key file ${escape(locked)}: permission denied \\(EACCES\\)$`));
+    // The line says what to change: the documented set-up, a key readable by tlsd's group.
+    startFailure(t, run, new RegExp(`^tlsd: Cannot read key file ${escape(locked)} as user \\S+ \\(EACCES\\): make it readable by group (\\S+) \\(chgrp \\1 ${escape(locked)} && chmod 0640 ${escape(locked)}\\)$`));
   });
 
   t.test('a key file that is not a key', async (t) => {

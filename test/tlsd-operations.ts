@@ -1,11 +1,12 @@
 import { execFileSync, spawn } from 'node:child_process';
-import { closeSync, copyFileSync, chmodSync, openSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, closeSync, copyFileSync, mkdirSync, openSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { keyValues } from './lib/text.js';
 import { connectTls, exchange, readAll } from './lib/client.js';
 import { attempt, cast, rawConnect, openFds, quietSyslog, readUntil, withDeadline } from './lib/limits-faults.js';
-import { tempDir } from './lib/identity.js';
+import { makeIdentity, tempDir, type TestIdentity } from './lib/identity.js';
+import { serverFingerprint } from './lib/lifecycle.js';
 import { freePort } from './lib/examples.js';
 import { has, NotifySocket } from './lib/notify.js';
 import { runProgram } from './lib/run.js';
@@ -240,6 +241,9 @@ t.test('sd_notify', async (t) => {
 });
 
 const root = process.getuid?.() === 0;
+const NOGROUP = 65534;
+/** A whole log line, matched literally. */
+const logLine = (text: string): RegExp => new RegExp(`^${text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`, 'm');
 const nobody = (() => {
   try {
     return execFileSync('id', ['-u', 'nobody'], { encoding: 'utf8' }).trim() === '65534' && execFileSync('getent', ['group', 'nogroup'], { encoding: 'utf8' }).startsWith('nogroup:x:65534:');
@@ -277,6 +281,96 @@ t.test('--user/--group', { skip: !root ? 'privilege drop needs root (run as uid 
     tlsd.proc.kill('SIGHUP');
     await tlsd.waitFor(/Reload failed, keeping the old key and certificate: .*(permission denied|EACCES)/i);
     t.match(await exchange(tlsd.port, bob, ''), /^pid \d+\n/, 'still serving after the failed reload');
+  });
+
+  t.test('the documented set-up (key root:GROUP 0640 in a 0750 root:GROUP directory): a renewal installed as the hooks do it is loaded on SIGHUP', async (t) => {
+    // /etc/tlsd/NAME as examples/systemd/README.md makes it, here under a temporary directory that
+    // nobody may traverse, as /etc/tlsd.
+    const etc = tempDir();
+    chmodSync(etc, 0o755);
+    const dir = join(etc, 'hello');
+    mkdirSync(dir);
+    chownSync(dir, 0, NOGROUP);
+    chmodSync(dir, 0o750);
+    const live = { key: join(dir, 'key.pem'), cert: join(dir, 'cert.pem') };
+    // What the certbot and acmetool hooks run, as root.
+    const installPair = (identity: TestIdentity): void => {
+      execFileSync('install', ['-m', '0640', '-o', 'root', '-g', 'nogroup', identity.key, live.key]);
+      execFileSync('install', ['-m', '0644', '-o', 'root', '-g', 'root', identity.cert, live.cert]);
+    };
+    installPair(server);
+    t.equal(statSync(live.key).mode & 0o777, 0o640);
+    const renewed = makeIdentity(tempDir(), 'renewed');
+    const tlsd = await startTlsd(t, { identity: { ...live, fingerprint: server.fingerprint }, options: ['--user', 'nobody', '--group', 'nogroup'], command: ['cat'], env: quietSyslog });
+    t.same(ids(readFileSync(`/proc/${tlsd.proc.pid}/status`, 'utf8'), 'Uid'), [65534, 65534, 65534, 65534], 'tlsd runs as nobody');
+    t.notMatch(tlsd.stderr(), /not readable|warning/i, 'no warning at start');
+
+    const open = await connectTls(tlsd.port, alice);
+    t.teardown(() => void open.destroy());
+    t.equal(serverFingerprint(open), server.fingerprint, 'before: the first certificate');
+    open.write('one\n');
+    t.equal(await readUntil(open, 'one\n'), 'one\n');
+
+    installPair(renewed);
+    tlsd.proc.kill('SIGHUP');
+    await tlsd.waitFor(new RegExp(`^tlsd: (Reloaded key and certificate, SHA256 ${renewed.fingerprint}|Reload failed.*)$`, 'm'));
+    t.notMatch(tlsd.stderr(), /Reload failed/, 'the reload, as nobody, read the renewed pair');
+    const fresh = await connectTls(tlsd.port, bob);
+    t.equal(serverFingerprint(fresh), renewed.fingerprint, 'a new connection sees the renewed certificate');
+    const reply = readAll(fresh);
+    fresh.end('fresh\n');
+    t.equal((await reply).toString(), 'fresh\n');
+    open.write('two\n');
+    t.equal(await readUntil(open, 'two\n'), 'two\n', 'the open connection is untouched');
+  });
+
+  /**
+   * tlsd as nobody with the pair `live`: the start warns with the first advice; then each reload
+   * fails with the next, the old certificate still served, and the advice's own command, run as
+   * root, removes that obstacle; after the last, the reload works.
+   */
+  async function followAdvice(t: Test, live: { key: string; cert: string }, advice: string[]): Promise<void> {
+    const tlsd = await startTlsd(t, { identity: { ...live, fingerprint: server.fingerprint }, options: ['--user', 'nobody', '--group', 'nogroup'], command: ['cat'], env: quietSyslog });
+    t.match(tlsd.stderr(), logLine(`tlsd: Key file ${live.key} is not readable by user nobody, so a reload (SIGHUP) will fail: ${advice[0]}`), 'the start warns');
+    for (const hint of advice) {
+      const seen = tlsd.stderr().length;
+      tlsd.proc.kill('SIGHUP');
+      const failed = await tlsd.waitFor(logLine(`tlsd: Reload failed, keeping the old key and certificate: Cannot read key file ${live.key} as user nobody (EACCES): ${hint}`), 10_000);
+      t.ok(tlsd.stderr().indexOf(failed[0]) >= seen, `reload: ${hint.split(' (')[0]}`);
+      t.equal(serverFingerprint(await connectTls(tlsd.port, bob)), server.fingerprint, 'the old certificate is still served');
+      execFileSync('sh', ['-c', /\(([^()]*)\)$/.exec(failed[0])![1]!]);
+    }
+    tlsd.proc.kill('SIGHUP');
+    await tlsd.waitFor(new RegExp(`^tlsd: Reloaded key and certificate, SHA256 ${server.fingerprint}$`, 'm'));
+    t.equal(statSync(live.key).mode & 0o777, 0o640, 'the key ends 0640 root:nogroup, as documented');
+    t.equal(statSync(live.key).gid, NOGROUP);
+  }
+
+  t.test('a root-only key in a root-only directory: the start warns, a reload says what to change, and doing it makes the reload work', async (t) => {
+    const dir = tempDir();
+    const live = { key: join(dir, 'key.pem'), cert: join(dir, 'cert.pem') };
+    copyFileSync(server.key, live.key);
+    chmodSync(live.key, 0o600);
+    copyFileSync(server.cert, live.cert);
+    chmodSync(live.cert, 0o644);
+    await followAdvice(t, live, [
+      `make the directory ${dir} searchable by group nogroup (chgrp nogroup ${dir} && chmod g+x ${dir})`,
+      `make it readable by group nogroup (chgrp nogroup ${live.key} && chmod 0640 ${live.key})`,
+    ]);
+  });
+
+  t.test("a key linked into a directory only root may enter (certbot's live/): a reload says to install a copy", async (t) => {
+    const etc = tempDir();
+    chmodSync(etc, 0o755);
+    const source = join(tempDir(), 'privkey.pem');
+    copyFileSync(server.key, source);
+    const live = { key: join(etc, 'key.pem'), cert: join(etc, 'cert.pem') };
+    symlinkSync(source, live.key);
+    copyFileSync(server.cert, live.cert);
+    chmodSync(live.cert, 0o644);
+    await followAdvice(t, live, [
+      `it links to ${source}, which that user cannot reach; install a copy readable by group nogroup instead (install -m 0640 -o root -g nogroup ${source} ${live.key})`,
+    ]);
   });
 
   t.test('--user alone takes the group of that user', async (t) => {

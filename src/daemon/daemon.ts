@@ -10,7 +10,7 @@ import { baseEnvironment, connectionEnvironment, type Side } from './child-env.j
 import { nodeLaunch } from './child-like.js';
 import { parseDialLine, type DialTarget } from './dial-line.js';
 import { dial } from './dialer.js';
-import { loadIdentity, type Identity } from './identity.js';
+import { loadIdentity, reloadWarnings, type Identity } from './identity.js';
 import { readLines } from './line-reader.js';
 import { formatAddress, Listener } from './listener.js';
 import { checkPeer, type Expectation, type TrustPolicy } from './peer-check.js';
@@ -127,6 +127,7 @@ export class Daemon {
     for (const address of addresses) options.log.notice(`Listening on ${address.address}, port ${address.port}`);
     options.log.info(`Our certificate's SHA256: ${identity.fingerprint}`);
     if (identity.exposure) options.log.warning(identity.exposure);
+    for (const warning of reloadWarnings(options)) options.log.warning(warning);
     if (aliases) options.log.info(`Serving the ${aliases.size} peers listed in ${aliases.file}`);
     if (options.dialInput) void daemon.readDialLines(options.dialInput);
     setInterval(() => {

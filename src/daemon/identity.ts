@@ -3,6 +3,7 @@ import { readFile, stat } from 'node:fs/promises';
 import { createSecureContext, type SecureContext, type SecureContextOptions } from 'node:tls';
 import { reason } from '../reason.js';
 import { fingerprint } from './fingerprint.js';
+import { readAdvice } from './read-access.js';
 
 /** Our own key and certificate, ready for both sides of a connection. */
 export interface Identity {
@@ -84,8 +85,22 @@ async function readCredential(file: string, what: string): Promise<Buffer> {
   try {
     return await readFile(file);
   } catch (error) {
+    const denied = (error as NodeJS.ErrnoException).code === 'EACCES' ? readAdvice(file) : undefined;
+    if (denied) throw new IdentityError(`Cannot read ${what} file ${file} as user ${denied.user} (EACCES): ${denied.advice}`);
     throw new IdentityError(`Cannot read ${what} file ${file}: ${reason(error)}`);
   }
+}
+
+/**
+ * One warning per credential file this process cannot read now: after --user dropped root, the
+ * next reload would fail on it, and the start is the time to say so, not the first renewal.
+ */
+export function reloadWarnings({ keyFile, certFile, caFile }: IdentityFiles): string[] {
+  const files: Array<[string, string | undefined]> = [['Key', keyFile], ['Certificate', certFile], ['CA', caFile]];
+  return files.flatMap(([what, file]) => {
+    const denied = file === undefined ? undefined : readAdvice(file);
+    return denied ? [`${what} file ${file} is not readable by user ${denied.user}, so a reload (SIGHUP) will fail: ${denied.advice}`] : [];
+  });
 }
 
 // OpenSSL skips what is not a certificate in a bundle; an empty or garbled one would trust nobody.

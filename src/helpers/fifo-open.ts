@@ -1,12 +1,17 @@
-import { constants, openSync } from 'node:fs';
+import { closeSync, constants, fstatSync, lstatSync, openSync, type Stats } from 'node:fs';
 import { Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { fifoProblem, Refused } from './fifo-checks.js';
 
 /*
  * FIFOs are opened here without ever blocking a thread: a blocking open(2) of a FIFO waits for
  * the other side, and Node's fs.open would park a libuv worker on it (four such and every file
  * operation in the process hangs). So opens are non-blocking, on the main thread, and the
  * descriptor goes to a net.Socket, which reads and writes a pipe through epoll, not the pool.
+ *
+ * Every open is by name in a directory a group shares, so it never follows a symbolic link, never
+ * takes a terminal as controlling tty, and keeps the descriptor only if fifoProblem finds nothing
+ * wrong with what it got: anything else is closed at once and refused.
  */
 
 /**
@@ -15,8 +20,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
  * waits for one. Its 'end' comes when the last writer has closed.
  */
 export function openFifoReader(path: string): Socket {
-  const fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
-  return new Socket({ fd, readable: true, writable: false });
+  return new Socket({ fd: openOwnFifo(path, constants.O_RDONLY), readable: true, writable: false });
 }
 
 /**
@@ -28,8 +32,7 @@ export async function openFifoWriter(path: string, signal?: AbortSignal): Promis
   let delay = 5;
   for (;;) {
     try {
-      const fd = openSync(path, constants.O_WRONLY | constants.O_NONBLOCK);
-      return new Socket({ fd, readable: false, writable: true });
+      return new Socket({ fd: openOwnFifo(path, constants.O_WRONLY), readable: false, writable: true });
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code !== 'ENXIO') throw error;
     }
@@ -38,13 +41,45 @@ export async function openFifoWriter(path: string, signal?: AbortSignal): Promis
   }
 }
 
-/** Writes a chunk; resolves when the kernel has it, rejects on EPIPE and the like. */
-export function writeChunk(socket: Socket, chunk: Buffer): Promise<void> {
+/** Opens `path` for `access` if it is a FIFO std2fifo may use; throws Refused if it is not. */
+function openOwnFifo(path: string, access: number): number {
+  let fd: number;
+  try {
+    fd = openSync(path, access | constants.O_NONBLOCK | constants.O_NOFOLLOW | constants.O_NOCTTY);
+  } catch (error) {
+    // What the open met, when it says so only by an errno: a link (ELOOP), a directory (EISDIR), a
+    // socket or a FIFO with no reader yet (ENXIO).
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'ELOOP' || code === 'EISDIR' || code === 'ENXIO') refuseUnlessUsable(path, lstatSync(path));
+    throw error;
+  }
+  try {
+    refuseUnlessUsable(path, fstatSync(fd));
+  } catch (error) {
+    closeSync(fd);
+    throw error;
+  }
+  return fd;
+}
+
+function refuseUnlessUsable(path: string, stats: Stats): void {
+  const problem = fifoProblem(stats);
+  if (problem) throw new Refused(path, problem);
+}
+
+/**
+ * Writes a chunk; resolves when the kernel has it, rejects on EPIPE and the like, and when `signal`
+ * aborts (the session ended) rather than wait for a slow reader.
+ */
+export function writeChunk(socket: Socket, chunk: Buffer, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
     const onError = (error: Error): void => reject(error);
+    const onAbort = (): void => void socket.destroy(signal?.reason as Error);
     socket.once('error', onError);
+    signal?.addEventListener('abort', onAbort, { once: true });
     socket.write(chunk, (error) => {
       socket.off('error', onError);
+      signal?.removeEventListener('abort', onAbort);
       if (error) reject(error);
       else resolve();
     });

@@ -1,7 +1,8 @@
 import type { Socket } from 'node:net';
-import type { Readable, Writable } from 'node:stream';
+import { addAbortSignal, type Readable, type Writable } from 'node:stream';
 import type { Logger } from '../logger.js';
 import { reason } from '../reason.js';
+import { Refused } from './fifo-checks.js';
 import { prepareFifoDir } from './fifo-dir.js';
 import { openFifoReader, openFifoWriter, writeChunk } from './fifo-open.js';
 
@@ -22,25 +23,29 @@ export interface Std2fifoOptions {
  * Copies `input` to the `out` FIFO and the `in` FIFO to `output` until `input` ends; resolves with
  * the exit status. In message mode each chunk of input is one message: `out` is opened for it and
  * closed after it, and `in` is reopened whenever its writers have all closed. In continuous mode
- * `out` is opened once and kept, and the end of `in` ends `output`.
+ * `out` is opened once and kept, and the end of `in` ends `output`. A FIFO that cannot be opened
+ * (fifo-checks.ts refuses it, or it is gone) ends the session with status 1.
  */
 export async function std2fifo(options: Std2fifoOptions): Promise<number> {
   const { log, output } = options;
   const paths = prepareFifoDir(options.root, options.name);
-  const inbound = new Inbound(paths.in, output, options.continuous, log);
+  const ended = new AbortController();
+  const inbound = new Inbound(paths.in, output, options.continuous, log, (error) => ended.abort(error));
+  const input = addAbortSignal(ended.signal, options.input);
   let writer: Socket | undefined;
   let status = 0;
   try {
-    for await (const chunk of options.input as AsyncIterable<Buffer>) {
+    for await (const chunk of input as AsyncIterable<Buffer>) {
       if (options.continuous) {
-        writer ??= await openFifoWriter(paths.out);
-        await writeChunk(writer, chunk);
+        writer ??= await openFifoWriter(paths.out, ended.signal);
+        await writeChunk(writer, chunk, ended.signal);
         continue;
       }
-      await deliverMessage(paths.out, chunk, log);
+      await deliverMessage(paths.out, chunk, log, ended.signal);
     }
   } catch (error) {
-    log.error(`${paths.out}: ${reason(error)}`);
+    // Ended by Inbound, which said why; or by `out`.
+    if (!ended.signal.aborted) log.error(endOfSession(paths.out, error));
     status = 1;
   } finally {
     writer?.destroy();
@@ -50,6 +55,11 @@ export async function std2fifo(options: Std2fifoOptions): Promise<number> {
   return status;
 }
 
+/** The line that ends a session on a FIFO's failure; a refusal names its path itself. */
+function endOfSession(path: string, error: unknown): string {
+  return `${error instanceof Refused ? error.message : `${path}: ${reason(error)}`}; ending the session`;
+}
+
 /**
  * Writes one message on its own opening of `out`. A reader that has just seen the end of the
  * previous message may still hold `out` when we open it and close it before reading: the write
@@ -57,13 +67,14 @@ export async function std2fifo(options: Std2fifoOptions): Promise<number> {
  * reader. (What such a reader cannot make fail is a write that lands in the pipe before it closes;
  * readers avoid that by keeping `out` open across messages, see std2fifo(1).)
  */
-async function deliverMessage(path: string, chunk: Buffer, log: Logger): Promise<void> {
+async function deliverMessage(path: string, chunk: Buffer, log: Logger, signal: AbortSignal): Promise<void> {
   for (let attempt = 1; ; attempt++) {
-    const message = await openFifoWriter(path);
+    const message = await openFifoWriter(path, signal);
     try {
-      await writeChunk(message, chunk);
+      await writeChunk(message, chunk, signal);
       return;
     } catch (error) {
+      if (signal.aborted) throw error;
       const code = (error as NodeJS.ErrnoException).code;
       if (code !== 'EPIPE' || attempt === MESSAGE_ATTEMPTS) {
         log.warning(`${path}: ${reason(error)}; a message of ${chunk.length} bytes was not delivered`);
@@ -77,7 +88,10 @@ async function deliverMessage(path: string, chunk: Buffer, log: Logger): Promise
 
 const MESSAGE_ATTEMPTS = 3;
 
-/** The `in` FIFO to `output`, with backpressure, reopened after each end in message mode. */
+/**
+ * The `in` FIFO to `output`, with backpressure, reopened after each end in message mode. The first
+ * open throws; a later one that fails logs why and calls `end`, which ends the session.
+ */
 class Inbound {
   private current: Socket | undefined;
   private ended = false;
@@ -88,6 +102,7 @@ class Inbound {
     private readonly makeOutput: () => Writable,
     private readonly continuous: boolean,
     private readonly log: Logger,
+    private readonly end: (error: unknown) => void,
   ) {
     this.open();
   }
@@ -106,6 +121,15 @@ class Inbound {
 
   private get output(): Writable {
     return (this.made ??= this.makeOutput());
+  }
+
+  private reopen(): void {
+    try {
+      this.open();
+    } catch (error) {
+      this.log.error(endOfSession(this.path, error));
+      this.end(error);
+    }
   }
 
   private open(): void {
@@ -127,7 +151,7 @@ class Inbound {
       } else {
         // The new reader opens before the old one closes, so the FIFO never lacks a reader and
         // a writer that came meanwhile loses nothing.
-        this.open();
+        this.reopen();
       }
       socket.destroy();
     });
@@ -136,7 +160,7 @@ class Inbound {
       this.log.error(`${this.path}: ${reason(error)}`);
       this.current = undefined;
       socket.destroy();
-      if (!this.continuous) setTimeout(() => this.current === undefined && !this.ended && this.open(), 100).unref();
+      if (!this.continuous) setTimeout(() => this.current === undefined && !this.ended && this.reopen(), 100).unref();
     });
   }
 }
