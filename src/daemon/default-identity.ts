@@ -10,8 +10,16 @@ export interface IdentityFiles {
   certFile: string;
 }
 
-/** The original's defaults: a system-wide identity managed by the administrator. */
-export const systemIdentity: IdentityFiles = { keyFile: '/etc/tls/key.pem', certFile: '/etc/tls/cert.pem' };
+/**
+ * The original's defaults: a system-wide identity managed by the administrator, `key.pem` and
+ * `cert.pem` in /etc/tls, or in the directory TLSD_SYSTEM_DIR names (for packagers whose system
+ * configuration lives elsewhere, and for tests, which must not depend on what /etc/tls holds).
+ * It comes from whoever starts tlsd, as -k and -c do, so it opens nothing to anyone else.
+ */
+export function systemIdentity(env: NodeJS.ProcessEnv): IdentityFiles {
+  const dir = env.TLSD_SYSTEM_DIR || '/etc/tls';
+  return { keyFile: join(dir, 'key.pem'), certFile: join(dir, 'cert.pem') };
+}
 
 /** `$XDG_CONFIG_HOME/tlsd` (a relative value is ignored, as the XDG spec says), else `~/.config/tlsd`. */
 export function userIdentityDir(env: NodeJS.ProcessEnv): string {
@@ -26,15 +34,17 @@ export interface ChosenIdentity extends IdentityFiles {
 
 /**
  * Which key and certificate to use. Paths given on the command line are used as given (the other
- * one defaults to /etc/tls). With none given, /etc/tls is used when it holds either file; otherwise
- * a per-user identity, made on first use, so tlsd works on a fresh machine with no set-up.
+ * one defaults to the system directory). With none given, the system directory's are used when it
+ * holds either file; otherwise a per-user identity, made on first use, so tlsd works on a fresh
+ * machine with no set-up.
  */
 export async function chooseIdentity(given: Partial<IdentityFiles>, env: NodeJS.ProcessEnv): Promise<ChosenIdentity> {
+  const system = systemIdentity(env);
   if (given.keyFile !== undefined || given.certFile !== undefined) {
-    return { keyFile: given.keyFile ?? systemIdentity.keyFile, certFile: given.certFile ?? systemIdentity.certFile, created: false };
+    return { keyFile: given.keyFile ?? system.keyFile, certFile: given.certFile ?? system.certFile, created: false };
   }
-  // One file without the other in /etc/tls is a broken set-up: loading it gives the clear error.
-  if ((await exists(systemIdentity.keyFile)) || (await exists(systemIdentity.certFile))) return { ...systemIdentity, created: false };
+  // One file without the other there is a broken set-up: loading it gives the clear error.
+  if ((await exists(system.keyFile)) || (await exists(system.certFile))) return { ...system, created: false };
 
   const dir = userIdentityDir(env);
   const files = { keyFile: join(dir, 'key.pem'), certFile: join(dir, 'cert.pem') };

@@ -19,11 +19,13 @@ export interface SessionSettings {
 }
 
 /**
- * After our side has finished (child gone, close_notify sent) the peer gets this long to close its
- * side. Closing at once could reset the connection and make the peer's kernel drop our last bytes.
+ * After our side has finished (child exited, its output delivered, close_notify sent) the peer gets
+ * this long to close its side. Closing at once could reset the connection and make the peer's
+ * kernel drop our last bytes. At shutdown, it is also how long the rest of an exited child's output
+ * has to reach the peer.
  */
 const LINGER_MS = 10_000;
-/** During shutdown nobody waits that long: a moment for the peer's FIN, then close. */
+/** During shutdown nobody waits that long for a FIN: a moment for the peer's, then close. */
 const SHUTDOWN_LINGER_MS = 1_000;
 
 /**
@@ -39,7 +41,9 @@ export class Session implements ChildEvents {
   private socketClosed = false;
   private childGone = false;
   private outputFlushed = false;
-  private lingerMs = LINGER_MS;
+  private shuttingDown = false;
+  /** Closes the connection once our side is over (see lingerIfDone); none while the child runs. */
+  private linger: { timer: NodeJS.Timeout; at: number } | undefined;
   private finished = false;
 
   /**
@@ -118,6 +122,8 @@ export class Session implements ChildEvents {
     if (stdin.destroyed) this.discardInput();
     else socket.pipe(stdin);
     stdout.pipe(socket);
+    // Shutdown began while the child was starting: it gets what the others got then.
+    if (this.shuttingDown) this.endChild();
   }
 
   failed(error: Error): void {
@@ -133,6 +139,7 @@ export class Session implements ChildEvents {
     this.childRunning = false;
     this.options.log.info(`${this.label}: child ${this.child?.pid} ${describeExit(code, signal)}`);
     if (this.socketClosed) this.releaseChild();
+    else this.lingerIfDone();
   }
 
   /** Also after `failed` (Node's spawn reports both), which onChildGone has already seen to. */
@@ -154,11 +161,14 @@ export class Session implements ChildEvents {
     socket.destroy();
   }
 
-  /** Shutdown: the child sees EOF (and the -s signal); its output still reaches the peer. */
+  /**
+   * Shutdown: the child sees EOF (and the -s signal); its output still reaches the peer, and once it
+   * has exited the session ends within the shutdown's linger (lingerIfDone), whatever the peer does.
+   */
   end(): void {
-    this.lingerMs = SHUTDOWN_LINGER_MS;
-    this.endChildInput();
-    this.signalChild();
+    this.shuttingDown = true;
+    this.endChild();
+    this.lingerIfDone();
   }
 
   /** Second shutdown signal: no more waiting. */
@@ -178,6 +188,8 @@ export class Session implements ChildEvents {
 
   private onSocketClosed(): void {
     this.socketClosed = true;
+    clearTimeout(this.linger?.timer);
+    this.linger = undefined;
     this.cutOffChild();
     if (!this.childRunning && !this.childStarting) this.releaseChild();
     this.finishIfDone();
@@ -190,8 +202,7 @@ export class Session implements ChildEvents {
       stdout.unpipe(this.socket);
       stdout.resume();
     }
-    this.endChildInput();
-    this.signalChild();
+    this.endChild();
   }
 
   /**
@@ -209,6 +220,12 @@ export class Session implements ChildEvents {
     this.childGone = true;
     this.lingerIfDone();
     this.finishIfDone();
+  }
+
+  /** EOF on the child's stdin, and the -s signal. */
+  private endChild(): void {
+    this.endChildInput();
+    this.signalChild();
   }
 
   private endChildInput(): void {
@@ -230,10 +247,24 @@ export class Session implements ChildEvents {
     this.socket.resume();
   }
 
-  /** Our side is over (child gone, output flushed, close_notify sent): the peer has a while to close. */
+  /**
+   * Closes the connection a while after our side is over: the child has exited and its output is
+   * flushed, close_notify sent. The child's `closed` is not awaited: once its output is flushed
+   * nothing more of it matters to the peer, and a launcher that never reports it (a stdio stream
+   * that closed unseen) must not keep the session forever. Closing ends the session
+   * (onSocketClosed). At shutdown the peer has SHUTDOWN_LINGER_MS once the output is flushed, and
+   * LINGER_MS to take what is left of it (or for a process the child left holding its stdout):
+   * once every child has exited, shutdown ends within that bound, whatever the peers do. Called
+   * again as things change, it only ever brings the close nearer.
+   */
   private lingerIfDone(): void {
-    if (this.socketClosed || !this.childGone || !this.outputFlushed) return;
-    setTimeout(() => this.socket.destroy(), this.lingerMs).unref();
+    if (this.socketClosed || this.childRunning || this.childStarting) return;
+    if (!this.outputFlushed && !this.shuttingDown) return;
+    const ms = this.outputFlushed && this.shuttingDown ? SHUTDOWN_LINGER_MS : LINGER_MS;
+    const at = Date.now() + ms;
+    if (this.linger && this.linger.at <= at) return;
+    clearTimeout(this.linger?.timer);
+    this.linger = { timer: setTimeout(() => this.socket.destroy(), ms).unref(), at };
   }
 
   private finishIfDone(): void {
