@@ -7,7 +7,7 @@ import t, { type Test } from 'tap';
 import { connectTls, readAll } from './lib/client.js';
 import { heldSpawnHelper } from './lib/held-helper-build.js';
 import { tempDir } from './lib/identity.js';
-import { cast, countMatches, quietSyslog, readUntil, withDeadline } from './lib/limits-faults.js';
+import { cast, childrenOf, countMatches, quietSyslog, readUntil, withDeadline } from './lib/limits-faults.js';
 import { startTlsd, type RunningTlsd } from './lib/tlsd.js';
 
 const { server, alice } = cast(t);
@@ -48,15 +48,23 @@ for (const [spawner, env] of [['the spawn helper', {}], ["Node's spawn", { TLSD_
   });
 }
 
-t.test('a child whose stdin connection ends before tlsd knows its pid: its session still ends', async (t) => {
-  // The helper's pid report reaches tlsd only once tlsd has read the end of the child's stdin
-  // and closed its end: the interleaving in which RemoteChild never saw that connection close,
-  // never reported `closed`, and the session (and so the shutdown) waited for it forever.
-  const tlsd = await startTlsd(t, { identity: server, command: ['sh', '-c', 'echo "$SHA256"'], env: { ...quietSyslog, ...heldSpawnHelper(tempDir(), 'stdin-closed') } });
+t.test('a child whose stdin and stdout end before tlsd knows it runs: its session still ends', async (t) => {
+  // The helper's `started` report reaches tlsd only once the child has exited and tlsd has had a
+  // moment to read the ends of its stdio and close them: the interleaving in which RemoteChild
+  // never saw them close, never reported `closed`, and the session (and so the shutdown) waited
+  // for it forever.
+  const tlsd = await startTlsd(t, { identity: server, command: ['sh', '-c', 'echo "$SHA256"'], env: { ...quietSyslog, ...heldSpawnHelper(tempDir(), 'child-exited') } });
   t.equal(await servedAndHeld(tlsd), `${alice.fingerprint}\n`, 'the output is delivered');
   await tlsd.waitFor(/child \d+ exited with status 0/);
   await tlsd.waitFor(/session ended/, 20_000);
   t.pass('without a shutdown, the session ends once the peer has had its ten seconds to close');
+  // Nothing of the child stays behind: had the close of its stdio gone unheard, tlsd would still
+  // count it among the helper's children, and say their exit status is lost when the helper dies.
+  const relays = childrenOf(tlsd.proc.pid!);
+  t.equal(relays.length, 1, 'tlsd has one child left: the helper');
+  process.kill(relays[0]!.pid, 'SIGKILL');
+  await tlsd.waitFor(/spawn helper killed by signal SIGKILL/);
+  t.notMatch(tlsd.stderr(), /children is lost/, 'the helper had no child of ours left: the ended child was let go');
 
   t.equal(await servedAndHeld(tlsd), `${alice.fingerprint}\n`, 'a second peer is served the same way');
   await tlsd.waitFor(/child \d+ exited with status 0[^]*child \d+ exited with status 0/);

@@ -52,6 +52,11 @@ export class RemoteChild implements ChildLike {
     }
     if (which === 'stdin') this.input = socket;
     else this.output = socket;
+    // Counted from now: a stream can close before `started` (Node reads a received socket at once,
+    // and ends and closes it at EOF when its child exits quickly), and a 'close' nobody heard
+    // would keep the child, and its session, forever. 'on': 'close' comes once, and once()'s
+    // wrapper would stay in memory for the session's life.
+    socket.on('close', () => this.streamClosed());
   }
 
   /**
@@ -70,9 +75,6 @@ export class RemoteChild implements ChildLike {
     this.spawned = true;
     // Whatever a child writes to its stdin is dropped, and reading lets us see its end.
     this.input.resume();
-    // 'on': 'close' comes once, and once()'s wrapper would stay in memory for the session's life.
-    const closed = (): void => this.streamClosed();
-    for (const stream of [this.input, this.output]) stream.on('close', closed);
     this.events.spawned();
   }
 
@@ -99,7 +101,7 @@ export class RemoteChild implements ChildLike {
 
   private streamClosed(): void {
     this.openStreams--;
-    if (this.openStreams === 0 && this.exit) this.close();
+    if (this.openStreams === 0 && this.exit && this.spawned) this.close();
   }
 
   private close(): void {

@@ -1,27 +1,17 @@
-import { chmodSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { buildSync } from 'esbuild';
 import { builtSpawnHelper } from '../../src/native-programs.js';
 
-export type HeldUntil = 'stdin-closed' | `file:${string}`;
+export type HeldUntil = 'child-exited' | `file:${string}`;
 
 /**
- * held-spawn-helper.ts made a program in `dir` (compiled by esbuild: the TypeScript loader tap uses
- * takes seconds to start, and tlsd waits for its helper), and the environment that makes tlsd start
- * its children through it, holding back each child's pid report until `until`.
+ * The environment that makes tlsd start its children through held-spawn-helper.py (a launcher for
+ * it in `dir`), which holds back each child's `started` report until `until`.
  */
 export function heldSpawnHelper(dir: string, until: HeldUntil): NodeJS.ProcessEnv {
-  const program = join(dir, 'held-spawn-helper.mjs');
-  buildSync({
-    entryPoints: [fileURLToPath(new URL('./held-spawn-helper.ts', import.meta.url))],
-    outfile: program,
-    platform: 'node',
-    format: 'esm',
-    target: 'node20',
-    banner: { js: `#!${process.execPath}` },
-    logLevel: 'warning',
-  });
-  chmodSync(program, 0o755);
+  const program = join(dir, 'held-spawn-helper');
+  const script = fileURLToPath(new URL('./held-spawn-helper.py', import.meta.url));
+  writeFileSync(program, `#!/bin/sh\nexec /usr/bin/python3 ${JSON.stringify(script)} "$@"\n`, { mode: 0o755 });
   return { TLSD_SPAWNER: program, HELD_REAL_HELPER: builtSpawnHelper, HELD_UNTIL: until };
 }
