@@ -1,8 +1,7 @@
 import type { TLSSocket } from 'node:tls';
 import type { PeerIdentity } from './peer-check.js';
 import type { PeerNames } from './peer-names.js';
-
-export type Side = 'SERVER' | 'CLIENT';
+import type { Side } from './side.js';
 
 /**
  * Every variable that describes a connection. None is ever inherited from tlsd's own environment:

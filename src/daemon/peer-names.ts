@@ -3,7 +3,7 @@ import { isIP } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import { quoteBytes } from '../logger.js';
 import { reason } from '../reason.js';
-import type { Side } from './child-env.js';
+import type { Side } from './side.js';
 import { certificateSubject } from './distinguished-name.js';
 import { canonicalHostName } from './host-name.js';
 
