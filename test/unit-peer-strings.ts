@@ -95,6 +95,10 @@ t.test('a Name in RFC 4514 form', async (t) => {
   t.throws(() => distinguishedName(Buffer.from([0x31, 0x00])), /name: expected tag 0x30, got 0x31/);
   t.throws(() => distinguishedName(Buffer.from([0x30, 0x02, 0x30, 0x00])), /RDN: expected tag 0x31, got 0x30/);
   t.throws(() => distinguishedName(Buffer.from([0x30, 0x04, 0x31, 0x02, 0x30, 0x00])), /malformed attribute/);
+  // OpenSSL takes a subject with an empty SET; `CN=a,,O=Example` is no RFC 4514 name.
+  const cn = nameDer([[{ type: oid.CN, value: { utf8String: 'a' } }]]);
+  const emptyRdn = Buffer.concat([Buffer.from([0x30, cn.length - 2 + 2]), cn.subarray(2), Buffer.from([0x31, 0x00])]);
+  t.throws(() => distinguishedName(emptyRdn), /an empty RDN/, 'an empty RDN: unreadable, not a name with an empty part');
 });
 
 t.test('DER pieces', async (t) => {

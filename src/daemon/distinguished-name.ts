@@ -37,7 +37,13 @@ export function certificateSubject(certificate: Buffer): string {
 export function distinguishedName(name: Buffer): string {
   const rdns = derChildren(derElements(name)[0], SEQUENCE, 'name');
   return rdns
-    .map((rdn) => derChildren(rdn, SET, 'RDN').map(attribute).join('+'))
+    .map((rdn) => {
+      // RFC 5280 requires at least one attribute; an empty one would be written as nothing
+      // between two commas, which no RFC 4514 parser reads back.
+      const attributes = derChildren(rdn, SET, 'RDN');
+      if (attributes.length === 0) throw new Error('an empty RDN');
+      return attributes.map(attribute).join('+');
+    })
     .reverse()
     .join(',');
 }
