@@ -359,6 +359,20 @@ t.test('--user/--group', { skip: !root ? 'privilege drop needs root (run as uid 
     ]);
   });
 
+  t.test('a key in a directory shared with a group of its own (as /etc/ssl/private, root:ssl-cert 0710): join that group, not chgrp it', async (t) => {
+    const dir = tempDir();
+    const shared = 12347; // a group nobody is not in: no name needed, usermod takes the number
+    chownSync(dir, 0, shared);
+    chmodSync(dir, 0o710);
+    const live = { key: join(dir, 'key.pem'), cert: join(dir, 'cert.pem') };
+    copyFileSync(server.key, live.key);
+    copyFileSync(server.cert, live.cert);
+    const tlsd = await startTlsd(t, { identity: { ...live, fingerprint: server.fingerprint }, options: ['--user', 'nobody', '--group', 'nogroup'], command: ['cat'], env: quietSyslog });
+    tlsd.proc.kill('SIGHUP');
+    await tlsd.waitFor(logLine(`tlsd: Reload failed, keeping the old key and certificate: Cannot read key file ${live.key} as user nobody (EACCES): add user nobody to group ${shared}, which may search the directory ${dir} (usermod -a -G ${shared} nobody)`), 10_000);
+    t.pass('the advice keeps the shared directory as it is');
+  });
+
   t.test("a key linked into a directory only root may enter (certbot's live/): a reload says to install a copy", async (t) => {
     const etc = tempDir();
     chmodSync(etc, 0o755);

@@ -1,7 +1,7 @@
 import { execFileSync } from 'node:child_process';
-import { accessSync, constants, readlinkSync } from 'node:fs';
+import { accessSync, constants, readlinkSync, statSync } from 'node:fs';
 import { userInfo } from 'node:os';
-import { dirname, resolve, sep } from 'node:path';
+import { basename, dirname, resolve, sep } from 'node:path';
 
 /*
  * Why tlsd's user cannot read a file, and what an administrator changes so that it can. tlsd
@@ -19,14 +19,16 @@ function whoAmI(): { user: string; group: string } {
   } catch {
     user = `uid ${process.geteuid?.()}`;
   }
-  const gid = String(process.getegid?.());
-  let group = gid;
+  return { user, group: groupName(process.getegid?.() ?? 0) };
+}
+
+/** A group's name from the name service, else its number (chgrp and usermod take either). */
+function groupName(gid: number): string {
   try {
-    group = execFileSync('getent', ['group', gid], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).split(':')[0] || gid;
+    return execFileSync('getent', ['group', String(gid)], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).split(':')[0] || String(gid);
   } catch {
-    // no name: chgrp takes the number too
+    return String(gid);
   }
-  return { user, group };
 }
 
 /**
@@ -38,7 +40,7 @@ export function readAdvice(file: string): { user: string; advice: string } | und
   const { user, group } = whoAmI();
   const path = resolve(file);
   const blocked = unsearchableDirectory(path);
-  if (blocked !== undefined) return { user, advice: `make the directory ${blocked} searchable by group ${group} (chgrp ${group} ${shellWord(blocked)} && chmod g+x ${shellWord(blocked)})` };
+  if (blocked !== undefined) return { user, advice: directoryAdvice(blocked, path, user, group) };
   const reach = accessError(path, constants.F_OK);
   const link = linkTarget(path);
   if (link !== undefined && reach === 'EACCES') {
@@ -47,6 +49,25 @@ export function readAdvice(file: string): { user: string; advice: string } | und
   }
   if (reach !== undefined) return undefined; // missing, not forbidden
   return { user, advice: `make it readable by group ${group} (chgrp ${group} ${shellWord(path)} && chmod 0640 ${shellWord(path)})` };
+}
+
+/**
+ * How to let `user` through `dir` without breaking what else relies on it: a directory that already
+ * lets its own group in (`/etc/ssl/private`, root:ssl-cert 0710) is shared, so join that group; a
+ * home directory is nobody's to open up, so keep a copy elsewhere; any other (root's alone) is
+ * given to tlsd's group.
+ */
+function directoryAdvice(dir: string, path: string, user: string, group: string): string {
+  const status = statSync(dir);
+  if (status.gid !== 0 && (status.mode & 0o010) !== 0) {
+    const owners = groupName(status.gid);
+    return `add user ${user} to group ${owners}, which may search the directory ${dir} (usermod -a -G ${owners} ${user})`;
+  }
+  if (dir === '/root' || dir === '/home' || dirname(dir) === '/home') {
+    const copy = `/etc/tlsd/${basename(path)}`;
+    return `the home directory ${dir} is in the way; keep a copy readable by group ${group} instead (install -D -m 0640 -o root -g ${group} ${shellWord(path)} ${shellWord(copy)}) and name that`;
+  }
+  return `make the directory ${dir} searchable by group ${group} (chgrp ${group} ${shellWord(dir)} && chmod g+x ${shellWord(dir)})`;
 }
 
 /** The first directory on the way to `path` that this process may not search. */
