@@ -22,6 +22,12 @@ t.test('address groups: an IPv4 address, or an IPv6 /64', async (t) => {
     ['not an address', 'not an address', 'so is anything else'],
   ];
   for (const [address, group, why] of cases) t.equal(addressGroup(address), group, `${JSON.stringify(address)}: ${why}`);
+  // Handshake fairness counts a /48: one tunnel broker's free allocation, or one 6to4 IPv4 address.
+  t.equal(addressGroup('2001:db8:1:2::1', 48), '2001:db8:1::/48', 'a /48');
+  t.equal(addressGroup('2001:db8:1:ffff::1', 48), '2001:db8:1::/48', 'every /64 of it is the same group');
+  t.equal(addressGroup('2001:db8::7', 48), '2001:db8::/48', 'zeros that end the prefix fold into ::');
+  t.equal(addressGroup('2002:c000:0201:1::1', 48), '2002:c000:201::/48', 'a 6to4 /48: one IPv4 address');
+  t.equal(addressGroup('::ffff:192.0.2.1', 48), '192.0.2.1', 'IPv4 stays by address');
 });
 
 const admitted = <T>(a: Admission<T>): boolean => a.admitted;

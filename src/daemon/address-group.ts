@@ -1,14 +1,15 @@
 import { isIPv4, isIPv6 } from 'node:net';
 
 /**
- * What tlsd's per-address limits count as one address: an IPv4 address, or the /64 network of an
- * IPv6 one. One IPv6 host is routinely given a whole /64 and picks addresses in it at will
- * (SLAAC, privacy addresses), so counted by address it could pass for 2^64 clients; a /64 is what
- * one site or one machine holds. IPv4 addresses are scarce and often shared (NAT), so each counts
- * alone. An IPv4-mapped address (::ffff:192.0.2.1, as a dual-stack listener on `::` sees IPv4
+ * What tlsd's per-address limits count as one address: an IPv4 address, or a network of an IPv6
+ * one. One IPv6 host is routinely given a whole /64 and picks addresses in it at will (SLAAC,
+ * privacy addresses), so counted by address it could pass for 2^64 clients: --max-per-ip counts a
+ * /64. Handshake fairness counts a /48 (`ipv6Prefix`): a site, or anyone with a tunnel broker's
+ * free /48, holds 65,536 /64s, far more than there are handshake slots, and a 6to4 /48 is one
+ * IPv4 address. IPv4 addresses are scarce and often shared (NAT), so each counts alone. An IPv4-mapped address (::ffff:192.0.2.1, as a dual-stack listener on `::` sees IPv4
  * peers) counts as its IPv4 address, not as the one /64 all of IPv4 maps into.
  */
-export function addressGroup(address: string): string {
+export function addressGroup(address: string, ipv6Prefix: 48 | 64 = 64): string {
   if (isIPv4(address)) return address;
   // A zone (fe80::1%eth0) names our interface, not the peer.
   const bare = address.replace(/%.*$/, '');
@@ -19,9 +20,9 @@ export function addressGroup(address: string): string {
   }
   // RFC 5952's form: the zero interface part is the longest run of zeros, so `::` stands for it
   // (and for any zeros that end the prefix).
-  const prefix = hextets.slice(0, 4);
+  const prefix = hextets.slice(0, ipv6Prefix / 16);
   while (prefix.length > 0 && prefix.at(-1) === 0) prefix.pop();
-  return `${prefix.map((h) => h.toString(16)).join(':')}::/64`;
+  return `${prefix.map((h) => h.toString(16)).join(':')}::/${ipv6Prefix}`;
 }
 
 /** The eight 16-bit groups of a valid IPv6 address (`::` expanded, a dotted IPv4 tail converted). */

@@ -126,7 +126,8 @@ export class Listener {
       maxPerAddress !== undefined && fromGroup >= maxPerAddress
         ? `too many connections from ${group} (${maxPerAddress})`
         : (descriptorShortage() ?? this.options.refuse(remote));
-    const admission = refusal === undefined ? this.slots.admit(socket, group) : undefined;
+    // Fairness between networks, not hosts: an IPv6 /48, whose 65,536 /64s outnumber the slots.
+    const admission = refusal === undefined ? this.slots.admit(socket, addressGroup(socket.remoteAddress ?? '', 48)) : undefined;
     if (!admission?.admitted) {
       this.options.log.warning(`${remote}: connection refused: ${refusal ?? `too many handshakes in progress (${maxHandshakes})`}`);
       socket.destroy();
