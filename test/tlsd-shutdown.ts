@@ -1,12 +1,14 @@
 // A graceful shutdown ends within a bounded time once every child has exited, whatever the peers
 // do: here peers that never close their side, children whose stdio ends before tlsd knows their
 // pid, a child still starting when SIGTERM comes, and a process a child left holding its stdout.
+import { once } from 'node:events';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import { connectTls, readAll } from './lib/client.js';
 import { heldSpawnHelper } from './lib/held-helper-build.js';
 import { tempDir } from './lib/identity.js';
+import { resettable } from './lib/lifecycle.js';
 import { cast, childrenOf, countMatches, quietSyslog, readUntil, withDeadline } from './lib/limits-faults.js';
 import { startTlsd, type RunningTlsd } from './lib/tlsd.js';
 
@@ -45,6 +47,28 @@ for (const [spawner, env] of [['the spawn helper', {}], ["Node's spawn", { TLSD_
     tlsd.proc.kill('SIGTERM');
     t.equal(await withDeadline(tlsd.exited, SHUTDOWN_BOUND_MS, 'tlsd exits within the shutdown linger'), 0, 'exit status 0');
     t.match(tlsd.stderr(), /session ended/, 'the session ended');
+  });
+}
+
+for (const [spawner, env] of [['the spawn helper', {}], ["Node's spawn", { TLSD_SPAWNER: 'node' }]] as const) {
+  t.test(`${spawner}: SIGTERM while a child outlives its lost peer: tlsd waits for its exit and logs it`, async (t) => {
+    // Nothing but the child is left at the end: the listener is closed and the peer is gone, so
+    // what keeps tlsd running until the child's exit is reported must be the child itself.
+    const stop = join(tempDir(), 'stop');
+    const tlsd = await startTlsd(t, { identity: server, command: ['sh', '-c', 'echo ready; i=0; while [ ! -e "$1" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done', 'sh', stop], env: { ...quietSyslog, ...env } });
+    const stderrClosed = once(tlsd.proc, 'close');
+    const peer = await resettable(t, tlsd.port, alice);
+    await readUntil(peer.tls, 'ready\n');
+    const pid = Number((await tlsd.waitFor(/started child (\d+)/))[1]);
+    killAtTeardown(t, pid);
+    peer.reset();
+    await tlsd.waitFor(/connection (lost|error)/);
+    tlsd.proc.kill('SIGTERM');
+    await tlsd.waitFor(/^tlsd: Shutting down, waiting for 1 child$/m);
+    writeFileSync(stop, '');
+    t.equal(await withDeadline(tlsd.exited, SHUTDOWN_BOUND_MS, 'tlsd exits once the child has'), 0, 'exit status 0');
+    await withDeadline(stderrClosed, 5_000, "tlsd's stderr ends");
+    t.match(tlsd.stderr(), new RegExp(`: child ${pid} exited with status 0\\n[^]*: session ended\\n$`), "the child's exit is logged, then the end of its session");
   });
 }
 
