@@ -1,9 +1,9 @@
 import { UnixDatagramSender } from './os/datagram.js';
 import { escapeUnprintable, unicodeEscape } from './unprintable.js';
 
-export type Severity = 'error' | 'warning' | 'notice' | 'info';
+export type Severity = 'error' | 'warning' | 'notice' | 'info' | 'debug';
 
-const severityCode: Record<Severity, number> = { error: 3, warning: 4, notice: 5, info: 6 };
+const severityCode: Record<Severity, number> = { error: 3, warning: 4, notice: 5, info: 6, debug: 7 };
 const LOG_DAEMON = 3 << 3;
 const SYSLOG_RETRY_MS = 1_000;
 const months = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'];
@@ -28,6 +28,8 @@ export class Logger {
   private syslogRetryAt = 0;
   private pending: string[] = [];
   private exitHook = false;
+  /** Messages waiting for release(), in order; undefined when nothing is held. */
+  private held: Array<[Severity, string]> | undefined;
 
   constructor(options: LoggerOptions) {
     this.ident = options.ident;
@@ -47,13 +49,43 @@ export class Logger {
   info(message: string): void {
     this.log('info', message);
   }
+  debug(message: string): void {
+    this.log('debug', message);
+  }
 
   /** An error the user must see even without -e, such as a failure to start. */
   errorToStderr(message: string): void {
+    this.release();
     this.log('error', message, true);
   }
 
+  /**
+   * From now until release(), messages wait; announce() lines do not. tlsd starts with the
+   * original's three lines, which scripts read as the first three (its own test does): Initializing,
+   * Attempting to bind, Listening on. Whatever else start-up has to say comes after them.
+   */
+  hold(): void {
+    this.held ??= [];
+  }
+
+  /** Logs what hold() kept back, in order, and stops holding. */
+  release(): void {
+    const held = this.held;
+    this.held = undefined;
+    for (const [severity, message] of held ?? []) this.log(severity, message);
+  }
+
+  /** A start-up line scripts wait for: logged at once, ahead of whatever hold() keeps back. */
+  announce(severity: Severity, message: string): void {
+    this.write(severity, message, this.alwaysStderr);
+  }
+
   log(severity: Severity, message: string, stderr = this.alwaysStderr): void {
+    if (this.held) this.held.push([severity, message]);
+    else this.write(severity, message, stderr);
+  }
+
+  private write(severity: Severity, message: string, stderr: boolean): void {
     // One line, and nothing in it that a terminal or a log viewer would act on, whatever a message
     // carries: text from peers is quoted where it is logged, and this holds if a quote is missed.
     const line = escapeUnprintable(message.replace(/[\r\n]+/g, ' '), unicodeEscape);
@@ -68,6 +100,7 @@ export class Logger {
   }
 
   close(): void {
+    this.release();
     this.flush();
     this.syslog.close();
   }

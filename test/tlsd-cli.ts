@@ -7,7 +7,8 @@ import { exchange } from './lib/client.js';
 import { freePort } from './lib/examples.js';
 import { tempDir } from './lib/identity.js';
 import { cast, quietSyslog } from './lib/limits-faults.js';
-import { runProgram, type RunResult } from './lib/run.js';
+import { NotifySocket } from './lib/notify.js';
+import { afterStartLines, runProgram, type RunResult } from './lib/run.js';
 import { bin, root, startTlsd } from './lib/tlsd.js';
 
 const { server, alice, bob } = cast(t);
@@ -34,12 +35,16 @@ function usageError(t: Test, result: RunResult, first: RegExp): void {
   noTrace(t, result);
 }
 
-/** A start-up failure: exactly one `tlsd: …` line on stderr, exit 1, never listening. */
+/**
+ * A start-up failure: exactly one `tlsd: …` line on stderr after the original's start-up lines
+ * (which reach stderr here: the tests' syslog socket does not exist), exit 1, never listening.
+ */
 function startFailure(t: Test, result: RunResult, line: RegExp): void {
   t.equal(result.status, 1, 'exit status 1');
   t.equal(result.signal, null, 'it exits by itself');
   t.equal(result.stdout, '', 'nothing on stdout');
-  const lines = result.stderr.split('\n').filter((l) => l !== '');
+  t.match(result.stderr, /^[^:\n]+: Initializing\n/, "the original's first line first");
+  const lines = afterStartLines(result.stderr).split('\n').filter((l) => l !== '');
   t.equal(lines.length, 1, `one line on stderr: ${JSON.stringify(result.stderr)}`);
   t.match(lines[0], line);
   t.notMatch(result.stderr, /Listening on/, 'never listening');
@@ -91,6 +96,16 @@ t.test('-s takes a signal name or number; anything else is refused before start-
       usageError(t, await tlsd(withIdentity('-s', bad, 'cat')), new RegExp(`^error: option '-s, --signal <signo>' argument '${escape(bad)}' is invalid\\. not a signal name or number\\.$`));
     });
   }
+});
+
+t.test('with syslog there and no -e, a failed start is one line on stderr and nothing else', async (t) => {
+  const receiver = new NotifySocket(t);
+  const missing = join(dir, 'missing-key.pem');
+  const result = await runProgram('tlsd', ['-k', missing, '-c', server.cert, 'cat'], { env: { TLSD_SYSLOG_SOCKET: receiver.path }, timeoutMs: 10_000 });
+  t.equal(result.status, 1);
+  t.equal(result.stderr, `tlsd: Cannot read key file ${missing}: no such file or directory (ENOENT)\n`, 'only the error reaches stderr');
+  await receiver.waitFor((n) => /^<31>.* tlsd\[\d+\]: Initializing$/.test(n.text), 'Initializing, at debug, in syslog');
+  await receiver.waitFor((n) => /^<27>.* tlsd\[\d+\]: Cannot read key file /.test(n.text), 'the error, in syslog too');
 });
 
 t.test('bad start-up input: one line, exit 1, never listening', async (t) => {
@@ -182,7 +197,8 @@ t.test("options take the original's meaning", async (t) => {
     t.equal(await exchange(running.port, alice, 'hello\n'), 'hello\n');
     await running.waitFor(/session ended/);
     const lines = running.stderr().trimEnd().split('\n');
-    t.match(lines[0], /^tlsd@cli: Listening on 127\.0\.0\.1, port \d+$/);
+    t.same(lines.slice(0, 2), ['tlsd@cli: Initializing', 'tlsd@cli: Attempting to bind: 127.0.0.1, port 0']);
+    t.match(lines[2], /^tlsd@cli: Listening on 127\.0\.0\.1, port \d+$/);
     t.ok(lines.length >= 4, `start-up and one session are logged: ${lines.length} lines`);
     t.same(
       lines.filter((line) => !line.startsWith('tlsd@cli: ')),

@@ -69,12 +69,12 @@ t.test('1,000 silent connections from 127.0.0.2 fill every handshake slot; a cli
   const evicted = new RegExp(`${escape(oldest.label)}: handshake evicted to make room for 127\\.0\\.0\\.1:${client.localPort}: 127\\.0\\.0\\.2 held the most pending handshakes \\(${slots} of ${slots}\\)`);
   await tlsd.waitFor(evicted);
   t.pass('the eviction is logged with both addresses');
-  t.notMatch(tlsd.stderr(), new RegExp(`${escape(oldest.label)}: TLS handshake failed`), 'and not also as a failed handshake');
+  t.notMatch(tlsd.stderr(), new RegExp(`${escape(oldest.label)}: TLS handshake has failed`), 'and not also as a failed handshake');
 
   await tlsd.waitFor(new RegExp(`127\\.0\\.0\\.1:${client.localPort}: session ended`));
   t.same(await statusOf(tlsd), { peers: 0, handshakes: slots - 1 }, 'SIGUSR1 counts exactly the handshakes still pending');
   for (const s of silent) s.socket.destroy();
-  await waitUntil(() => countMatches(tlsd.stderr(), /TLS handshake failed/) >= slots - 1, 'tlsd sees the other pending handshakes end', tlsd, 30_000);
+  await waitUntil(() => countMatches(tlsd.stderr(), /TLS handshake has failed/) >= slots - 1, 'tlsd sees the other pending handshakes end', tlsd, 30_000);
   t.same(await statusOf(tlsd), { peers: 0, handshakes: 0 }, 'and none once they are gone');
 });
 
@@ -107,7 +107,7 @@ t.test('two addresses share the slots evenly; evictions are summarised, the per-
 
   // --max-per-ip counted the evicted connections out: 127.0.0.2 may open as many again as it lost.
   for (const s of second) s.socket.destroy();
-  await waitUntil(() => countMatches(tlsd.stderr(), /TLS handshake failed/) >= slots / 2, 'the pending handshakes of 127.0.0.3 end', tlsd);
+  await waitUntil(() => countMatches(tlsd.stderr(), /TLS handshake has failed/) >= slots / 2, 'the pending handshakes of 127.0.0.3 end', tlsd);
   const again = await openSilent(t, tlsd.port, '127.0.0.2', slots / 2);
   const over = await rawConnect(t, tlsd.port, { from: '127.0.0.2' });
   const overPort = over.localPort; // asked before it closes

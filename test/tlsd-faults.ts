@@ -1,6 +1,7 @@
 import { spawn } from 'node:child_process';
 import { chmodSync, closeSync, existsSync, openSync, readFileSync, readlinkSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
+import { constants } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { connect as tlsConnect } from 'node:tls';
@@ -74,8 +75,9 @@ t.test('a child that crashes: its end is logged, the connection ends, tlsd goes 
   const tlsd = await startTlsd(t, { identity: server, command: crashOnRequest, env: quietSyslog });
   for (const [how, signal] of [['segv', 'SIGSEGV'], ['kill', 'SIGKILL']] as const) {
     const crashed = await expectNoService(t, tlsd, `${how}\n`);
-    await tlsd.waitFor(new RegExp(`${peerLabel(crashed)}: child \\d+ killed by signal ${signal}`));
-    t.pass(`${signal}: tlsd logs that the child was killed by ${signal}`);
+    const pid = (await tlsd.waitFor(new RegExp(`${peerLabel(crashed)}: started child (\\d+)`)))[1];
+    await tlsd.waitFor(new RegExp(`^tlsd: Process ${pid} was terminated by signal ${constants.signals[signal]}$`, 'm'));
+    t.pass(`${signal}: tlsd logs that the child was terminated by ${signal}`);
     await tlsd.waitFor(new RegExp(`${peerLabel(crashed)}: session ended`));
     t.pass(`${signal}: and that the session ended`);
   }
@@ -126,21 +128,24 @@ t.test('a peer that resets mid-transfer: the child sees the end, the session end
   });
 });
 
-t.test('a peer that ends its side and then resets: tlsd notices, -s reaches the child, the session ends', async (t) => {
+t.test('a peer that ends its side and then resets: -s reaches the child at the end, tlsd notices the reset, the session ends', async (t) => {
   const marks = scratch(t);
-  // The child reads to EOF, then lingers as a daemon-ish script would; `sleep` keeps its stdout.
-  const script = 'trap "echo term > \"$MARKS/term.$$\"; exit 0" TERM; cat > /dev/null; sleep 60 & wait';
+  // The child leaves a process behind that keeps its stdout (as a daemon-ish script would), reads
+  // to EOF, and exits on SIGTERM.
+  const script = 'trap "echo term > \"$MARKS/term.$$\"; exit 0" TERM; sleep 60 & echo ready; cat > /dev/null; wait';
   const tlsd = await startTlsd(t, { identity: server, options: ['-s', 'TERM'], command: ['sh', '-c', script], env: { ...quietSyslog, MARKS: marks } });
   const { reset, label } = await resettableClient(t, tlsd.port);
+  await readUntil(reset.tls, 'ready\n');
   reset.tls.end('bye\n');
-  await tlsd.waitFor(new RegExp(`${label}: started child`));
+  // The end of the peer's side is the end of the child's input: -s goes with it.
+  await waitUntil(() => markers(marks, 'term.').length === 1, 'the child gets SIGTERM', tlsd);
   await sleep(300); // the FIN is in; Node reads no more from this connection
   reset.now();
   await tlsd.waitFor(new RegExp(`${label}: connection lost \\((EPIPE|ECONNRESET)\\)`), 10_000);
-  await waitUntil(() => markers(marks, 'term.').length === 1, 'the child gets SIGTERM', tlsd);
-  t.pass('the reset is noticed although nothing was being read or written, and -s TERM follows');
+  t.pass('the reset is noticed although nothing was being read or written');
   await tlsd.waitFor(new RegExp(`${label}: session ended`), 10_000);
   t.pass('the session ends although the sleep left behind still holds the stdout pipe');
+  t.equal(markers(marks, 'term.').length, 1, 'one SIGTERM: the reset sent no second one');
   t.notMatch(tlsd.stderr(), /unknown peer/, 'every line names the peer by its address');
 });
 
@@ -152,8 +157,9 @@ t.test('a peer that resets while its child is not reading: the session ends all 
   for (let sent = 0; sent < 8_000_000 && reset.tls.write(chunk); sent += chunk.length) await sleep(1);
   reset.now();
   await tlsd.waitFor(new RegExp(`${label}: connection lost`), 10_000);
-  t.notMatch(tlsd.stderr(), new RegExp(`${label}: child \\d+ exited`), 'noticed while the child was still asleep');
-  await tlsd.waitFor(new RegExp(`${label}: child \\d+ exited with status 0`), 10_000);
+  const pid = (await tlsd.waitFor(new RegExp(`${label}: started child (\\d+)`)))[1];
+  t.notMatch(tlsd.stderr(), new RegExp(`Process ${pid} has exited`), 'noticed while the child was still asleep');
+  await tlsd.waitFor(new RegExp(`Process ${pid} has exited with status 0`), 10_000);
   await tlsd.waitFor(new RegExp(`${label}: session ended`), 10_000);
   t.pass('the child reads what had arrived, sees EOF, and the session ends');
 });

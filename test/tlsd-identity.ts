@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import t from 'tap';
 import { connectTls, exchange, readAll } from './lib/client.js';
 import { opensslFingerprint, tempDir, makeIdentity, type TestIdentity } from './lib/identity.js';
-import { runProgram } from './lib/run.js';
+import { afterStartLines, runProgram } from './lib/run.js';
 import { startTlsd } from './lib/tlsd.js';
 import { fingerprint } from '../src/daemon/fingerprint.js';
 
@@ -69,8 +69,8 @@ t.test('an identity that cannot be made: one line, exit 1', async (t) => {
   writeFileSync(blocker, '');
   const result = await runProgram('tlsd', ['-e', '-b', '127.0.0.1', 'cat'], { env: { HOME: home, XDG_CONFIG_HOME: blocker, ...noSystemIdentity() } });
   t.equal(result.status, 1);
-  t.match(result.stderr, new RegExp(`^tlsd: Cannot create an identity in ${blocker}/tlsd: .*\\n$`));
-  t.equal(result.stderr.split('\n').length, 2, 'one line');
+  t.match(afterStartLines(result.stderr), new RegExp(`^tlsd: Cannot create an identity in ${blocker}/tlsd: .*\\n$`));
+  t.equal(afterStartLines(result.stderr).split('\n').length, 2, 'one line after Initializing');
 });
 
 t.test('an identity in the system directory (TLSD_SYSTEM_DIR here, /etc/tls by default) is used, and nothing is made', async (t) => {
@@ -102,7 +102,7 @@ t.test('a system directory with only one of the two files is an error, not a rea
   copyFileSync(makeIdentity(tempDir(), 'half').key, join(dir, 'key.pem'));
   const result = await runProgram('tlsd', ['-e', '-b', '127.0.0.1', 'cat'], { env: { HOME: home, XDG_CONFIG_HOME: join(home, 'cfg'), TLSD_SYSTEM_DIR: dir }, timeoutMs: 10_000 });
   t.equal(result.status, 1);
-  t.match(result.stderr, new RegExp(`^tlsd: Cannot read certificate file ${dir}/cert\\.pem: no such file or directory \\(ENOENT\\)\\n$`), 'one line naming the missing file');
+  t.match(afterStartLines(result.stderr), new RegExp(`^tlsd: Cannot read certificate file ${dir}/cert\\.pem: no such file or directory \\(ENOENT\\)\\n$`), 'one line naming the missing file');
   t.notOk(existsSync(join(home, 'cfg', 'tlsd')), 'no identity was made');
 });
 
@@ -111,7 +111,7 @@ t.test('explicit paths that do not exist stay an error, and nothing is made', as
   const missing = join(home, 'nope.pem');
   const result = await runProgram('tlsd', ['-e', '-b', '127.0.0.1', '-k', missing, 'cat'], { env: { HOME: home, XDG_CONFIG_HOME: join(home, 'cfg'), ...noSystemIdentity() } });
   t.equal(result.status, 1);
-  t.match(result.stderr, new RegExp(`^tlsd: .*${missing}.*\\n$`));
+  t.match(afterStartLines(result.stderr), new RegExp(`^tlsd: .*${missing}.*\\n$`));
   t.notOk(existsSync(join(home, 'cfg', 'tlsd')), 'no identity was made');
 });
 

@@ -1,4 +1,5 @@
-import { copyFileSync, existsSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { once } from 'node:events';
 import { constants } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -47,7 +48,7 @@ t.test('bad stdin lines are logged and skipped; tlsd reads on and dials the next
     await dialer.waitFor(new RegExp(`^tlsd: Skipped stdin line ${escape(JSON.stringify(line))}: ${escape(why)}$`, 'm'), 5_000);
   }
   for (const [line, pattern] of unreachable) {
-    await dialer.waitFor(new RegExp(`^tlsd: Connecting to ${escape(line.replace(' ', ':'))}$`, 'm'), 5_000);
+    await dialer.waitFor(new RegExp(`^tlsd: Connecting to ${escape(line.replace(' ', ', port '))}$`, 'm'), 5_000);
     await dialer.waitFor(pattern, 15_000);
   }
   await dialer.waitFor(/^tlsd: Skipped a stdin line of 1048576 bytes: longer than 4096$/m);
@@ -79,7 +80,7 @@ t.test('-s SIGNAL is delivered to the child when its connection ends', async (t)
       t.notOk(existsSync(file), 'no signal while the connection is up');
       peer.reset();
       t.equal(await fileAppears(file, 10_000), `got ${name}\n`, `the child got SIG${name}`);
-      await tlsd.waitFor(/child \d+ exited with status 0\n[^]*session ended/);
+      await tlsd.waitFor(/Process \d+ has exited with status 0\n[^]*session ended/);
     });
   }
 
@@ -92,6 +93,54 @@ t.test('-s SIGNAL is delivered to the child when its connection ends', async (t)
     peer.reset();
     t.equal(await fileAppears(file, 10_000), 'eof\n');
   });
+
+  // The -s signal stands in for EOF, for children that never read their input: it goes with the
+  // end of the child's stdin, whichever ends the connection first, and once per child. This child
+  // never reads, counts each USR1 in a file ($1), says so to the peer, and runs until $2 exists.
+  const COUNTS_SIGNALS = 'trap \'echo x >>"$1"; echo "got USR1"\' USR1; echo ready; i=0; while [ ! -e "$2" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done';
+  const orders: Array<{ what: string; first: 'end' | 'reset'; then: 'reset' | 'shutdown' }> = [
+    { what: 'the peer ends its side and keeps reading, then resets', first: 'end', then: 'reset' },
+    { what: 'the peer ends its side and keeps reading, then tlsd shuts down', first: 'end', then: 'shutdown' },
+    { what: 'the connection is lost first, then tlsd shuts down', first: 'reset', then: 'shutdown' },
+  ];
+  for (const { what, first, then } of orders) {
+    t.test(`-s USR1: ${what}: one signal`, async (t) => {
+      const dir = tempDir();
+      const [count, stop] = [join(dir, 'count'), join(dir, 'stop')];
+      const tlsd = await startTlsd(t, { identity: server, options: ['-s', 'USR1'], command: ['sh', '-c', COUNTS_SIGNALS, 'sh', count, stop], env: quietSyslog });
+      const stderrClosed = once(tlsd.proc, 'close');
+      const peer = await resettable(t, tlsd.port, alice);
+      await readUntil(peer.tls, 'ready\n');
+      const label = (await tlsd.waitFor(/^tlsd: (127\.0\.0\.1:\d+): connected as SERVER/m))[1]!;
+      const pid = (await tlsd.waitFor(new RegExp(`^tlsd: ${escape(label)}: started child (\\d+)$`, 'm')))[1]!;
+      if (first === 'end') {
+        peer.tls.end(); // close_notify and FIN; the peer still reads
+        t.equal(await readUntil(peer.tls, 'got USR1\n'), 'got USR1\n', 'the child got the signal, and what it wrote after it reached the peer');
+      } else {
+        peer.reset();
+        await fileAppears(count, 10_000);
+        await tlsd.waitFor(new RegExp(`^tlsd: ${escape(label)}: connection (lost|error)`, 'm'));
+      }
+      if (then === 'reset') {
+        peer.reset();
+        await tlsd.waitFor(new RegExp(`^tlsd: ${escape(label)}: connection (lost|error)`, 'm'));
+      } else {
+        tlsd.proc.kill('SIGTERM');
+        await tlsd.waitFor(/^tlsd: Terminating gracefully$/m);
+      }
+      // A moment for a second signal to land, were one sent: the trap runs within 0.1 s.
+      await sleep(500);
+      writeFileSync(stop, '');
+      const exitLine = new RegExp(`^tlsd: Process ${pid} has exited with status 0$`, 'm');
+      if (then === 'shutdown') {
+        t.equal(await withDeadline(tlsd.exited, 10_000, 'tlsd exits once the child has'), 0);
+        await withDeadline(stderrClosed, 5_000, "tlsd's stderr ends");
+        t.match(tlsd.stderr(), exitLine);
+      } else await tlsd.waitFor(exitLine);
+      t.equal(readFileSync(count, 'utf8'), 'x\n', 'the child got USR1 once');
+      t.equal(countMatches(tlsd.stderr(), new RegExp(`^tlsd: Waiting for process ${pid} to exit$`, 'm')), 1, 'its stdin was ended once');
+    });
+  }
 
   t.test('-s USR1 also reaches the children when tlsd shuts down', async (t) => {
     const file = join(tempDir(), 'signal');
@@ -143,7 +192,7 @@ t.test('SIGHUP reloads key and certificate for new connections', async (t) => {
   for (const [what, breakIt, why] of broken) {
     breakIt();
     tlsd.proc.kill('SIGHUP');
-    await tlsd.waitFor(new RegExp(`^tlsd: Reload failed, keeping the old key and certificate: ${escape(why)}`, 'm'));
+    await tlsd.waitFor(new RegExp(`^tlsd: Failed to load key or certificate: ${escape(why)}.*\\ntlsd: Kept the old key and certificate, SHA256 ${next.fingerprint}$`, 'm'));
     const after = await connectTls(tlsd.port, bob);
     t.equal(serverFingerprint(after), next.fingerprint, `${what}: the last good certificate stays`);
     const echoed = readAll(after);
@@ -167,7 +216,8 @@ t.test('SIGTERM and SIGINT: stop accepting, children see EOF, tlsd waits for the
       const replies = sockets.map((socket) => readAll(socket, 10_000));
 
       tlsd.proc.kill(signal);
-      await tlsd.waitFor(/^tlsd: Shutting down, waiting for 2 children$/m);
+      await tlsd.waitFor(/^tlsd: Terminating gracefully$/m);
+      await tlsd.waitFor(/^tlsd: Waiting for process \d+ to exit\n(?:.*\n)*?tlsd: Waiting for process \d+ to exit$/m);
       t.equal(await tcpAttempt(tlsd.port), 'ECONNREFUSED', 'new connections are refused');
       t.same((await Promise.all(replies)).map(String), ['bye\n', 'bye\n'], 'what children write after EOF still arrives');
       for (const socket of sockets) socket.end();
@@ -196,7 +246,7 @@ t.test('a second SIGTERM or SIGINT kills a child that will not exit, and tlsd ex
       });
 
       tlsd.proc.kill(first);
-      await tlsd.waitFor(/^tlsd: Shutting down, waiting for 1 child$/m);
+      await tlsd.waitFor(new RegExp(`^tlsd: Waiting for process ${pid} to exit$`, 'm'));
       const early = await Promise.race([tlsd.exited.then(() => 'exited'), sleep(500).then(() => 'waiting')]);
       t.equal(early, 'waiting', 'tlsd waits for the child');
 
@@ -216,17 +266,18 @@ t.test('syslog', async (t) => {
     const tlsd = spawnTlsd(t, ['-i', 'tlsd@syslog', '-b', '127.0.0.1', '-k', server.key, '-c', server.cert, '--', 'cat'], { TLSD_SYSLOG_SOCKET: receiver.path });
     const record = (priority: number, message: string): RegExp =>
       new RegExp(`^<${priority}>(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [ 1-3]\\d \\d{2}:\\d{2}:\\d{2} tlsd@syslog\\[${tlsd.proc.pid}\\]: ${message}$`);
-    // Facility daemon (3 << 3) with notice (5) and info (6), as docs/tlsd.1 LOGGING says.
-    const listening = await receiver.waitFor((n) => record(29, 'Listening on 127\\.0\\.0\\.1, port \\d+').test(n.text), 'Listening on');
+    // Facility daemon (3 << 3) with the levels of docs/manual.md's "Log messages": debug (7), info (6).
+    await receiver.waitFor((n) => record(31, 'Initializing').test(n.text), 'Initializing');
+    const listening = await receiver.waitFor((n) => record(30, 'Listening on 127\\.0\\.0\\.1, port \\d+').test(n.text), 'Listening on');
     const port = Number(/port (\d+)$/.exec(listening.text)![1]);
     await receiver.waitFor((n) => record(30, `Our certificate's SHA256: ${server.fingerprint}`).test(n.text), 'the fingerprint line');
     t.equal(await exchange(port, alice, 'via syslog\n'), 'via syslog\n');
     await receiver.waitFor((n) => record(30, `127\\.0\\.0\\.1:\\d+: connected as SERVER, peer SHA256 ${alice.fingerprint}`).test(n.text), 'the connection');
-    // Stopped once the session is over: else the last line is "Shutting down, waiting for 1 child".
+    // Stopped once the session is over: else shutdown would wait for its child.
     await receiver.waitFor((n) => record(30, '127\\.0\\.0\\.1:\\d+: session ended').test(n.text), 'the end of the session');
     tlsd.proc.kill('SIGTERM');
     t.equal(await withDeadline(tlsd.exited, 10_000, 'tlsd exits'), 0);
-    await receiver.waitFor((n) => record(29, 'Shutting down').test(n.text), 'Shutting down');
+    await receiver.waitFor((n) => record(30, 'Shutting down').test(n.text), 'Shutting down');
     t.equal(tlsd.stderr(), '', 'nothing on stderr while syslog takes the messages');
   });
 

@@ -63,7 +63,7 @@ t.test('no head-of-line blocking: silent, garbage and stalled connections never 
 
   await waitUntil(() => garbage.every((g) => g.watch.closed), 'tlsd closes the connections that sent garbage', tlsd);
   for (const { label } of garbage) {
-    t.match(tlsd.stderr(), new RegExp(`${label}: TLS handshake failed`), `a handshake failure is logged for ${label}`);
+    t.match(tlsd.stderr(), new RegExp(`${label}: TLS handshake has failed`), `a handshake failure is logged for ${label}`);
   }
 });
 
@@ -78,7 +78,7 @@ t.test('--handshake-timeout: tlsd closes stalled handshakes once the deadline pa
     t.ok(s.watch.closed, `${s.kind}: tlsd closed the connection`);
     // Closing at once would be wrong too: that is refusing, not waiting for a slow client.
     if (s.watch.closedAt !== undefined) t.ok(s.watch.closedAt - s.opened >= timeoutSeconds * 1000 * 0.75, `${s.kind}: not before about the timeout`);
-    t.match(tlsd.stderr(), new RegExp(`${s.label}: TLS handshake failed`), `${s.kind}: the failure is logged with the peer address ${s.label}`);
+    t.match(tlsd.stderr(), new RegExp(`${s.label}: TLS handshake has failed`), `${s.kind}: the failure is logged with the peer address ${s.label}`);
   }
   t.equal(await exchange(tlsd.port, alice, 'after the timeouts\n'), 'after the timeouts\n', 'a normal client is served afterwards');
 });
@@ -136,7 +136,7 @@ t.test('--max-peers 1: "host port" lines wait for a free slot, then connect in o
   await second.waitFor(/started child/, 15_000);
   t.pass('then the second line connects');
   const log = tlsd.stderr();
-  const order = [log.indexOf(`Connecting to 127.0.0.1:${first.port}`), log.indexOf(`Connecting to 127.0.0.1:${second.port}`)];
+  const order = [log.indexOf(`Connecting to 127.0.0.1, port ${first.port}`), log.indexOf(`Connecting to 127.0.0.1, port ${second.port}`)];
   t.ok(order[0]! >= 0 && order[1]! > order[0]!, 'in the order of the lines', { order });
   t.equal(countMatches(log, /Connecting to/), 2, 'each line is dialed once');
 });

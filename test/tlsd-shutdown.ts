@@ -1,12 +1,14 @@
 // A graceful shutdown ends within a bounded time once every child has exited, whatever the peers
 // do: here peers that never close their side, children whose stdio ends before tlsd knows their
 // pid, a child still starting when SIGTERM comes, and a process a child left holding its stdout.
+import { once } from 'node:events';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import { connectTls, readAll } from './lib/client.js';
 import { heldSpawnHelper } from './lib/held-helper-build.js';
 import { tempDir } from './lib/identity.js';
+import { resettable } from './lib/lifecycle.js';
 import { cast, childrenOf, countMatches, quietSyslog, readUntil, withDeadline } from './lib/limits-faults.js';
 import { startTlsd, type RunningTlsd } from './lib/tlsd.js';
 
@@ -41,10 +43,32 @@ for (const [spawner, env] of [['the spawn helper', {}], ["Node's spawn", { TLSD_
   t.test(`${spawner}: SIGTERM once a child has exited and its peer holds the connection open: the shutdown linger applies`, async (t) => {
     const tlsd = await startTlsd(t, { identity: server, command: ['sh', '-c', 'echo "$SHA256"'], env: { ...quietSyslog, ...env } });
     t.equal(await servedAndHeld(tlsd), `${alice.fingerprint}\n`, 'the peer got the output and our end of the connection');
-    await tlsd.waitFor(/child \d+ exited with status 0/);
+    await tlsd.waitFor(/Process \d+ has exited with status 0/);
     tlsd.proc.kill('SIGTERM');
     t.equal(await withDeadline(tlsd.exited, SHUTDOWN_BOUND_MS, 'tlsd exits within the shutdown linger'), 0, 'exit status 0');
     t.match(tlsd.stderr(), /session ended/, 'the session ended');
+  });
+}
+
+for (const [spawner, env] of [['the spawn helper', {}], ["Node's spawn", { TLSD_SPAWNER: 'node' }]] as const) {
+  t.test(`${spawner}: SIGTERM while a child outlives its lost peer: tlsd waits for its exit, logs it, and Shutting down last`, async (t) => {
+    // Nothing but the child is left at the end: the listener is closed and the peer is gone, so
+    // what keeps tlsd running until the child's exit is reported must be the child itself.
+    const stop = join(tempDir(), 'stop');
+    const tlsd = await startTlsd(t, { identity: server, command: ['sh', '-c', 'echo ready; i=0; while [ ! -e "$1" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done', 'sh', stop], env: { ...quietSyslog, ...env } });
+    const stderrClosed = once(tlsd.proc, 'close');
+    const peer = await resettable(t, tlsd.port, alice);
+    await readUntil(peer.tls, 'ready\n');
+    const pid = Number((await tlsd.waitFor(/started child (\d+)/))[1]);
+    killAtTeardown(t, pid);
+    peer.reset();
+    await tlsd.waitFor(/connection (lost|error)/);
+    tlsd.proc.kill('SIGTERM');
+    await tlsd.waitFor(/^tlsd: Terminating gracefully$/m);
+    writeFileSync(stop, '');
+    t.equal(await withDeadline(tlsd.exited, SHUTDOWN_BOUND_MS, 'tlsd exits once the child has'), 0, 'exit status 0');
+    await withDeadline(stderrClosed, 5_000, "tlsd's stderr ends");
+    t.match(tlsd.stderr(), new RegExp(`^tlsd: Process ${pid} has exited with status 0\\n(?:.*\\n)*tlsd: Shutting down\\n$`, 'm'), "the child's exit is logged, and Shutting down is the last line");
   });
 }
 
@@ -55,7 +79,7 @@ t.test('a child whose stdin and stdout end before tlsd knows it runs: its sessio
   // for it forever.
   const tlsd = await startTlsd(t, { identity: server, command: ['sh', '-c', 'echo "$SHA256"'], env: { ...quietSyslog, ...heldSpawnHelper(tempDir(), 'child-exited') } });
   t.equal(await servedAndHeld(tlsd), `${alice.fingerprint}\n`, 'the output is delivered');
-  await tlsd.waitFor(/child \d+ exited with status 0/);
+  await tlsd.waitFor(/Process \d+ has exited with status 0/);
   await tlsd.waitFor(/session ended/, 20_000);
   t.pass('without a shutdown, the session ends once the peer has had its ten seconds to close');
   // Nothing of the child stays behind: had the close of its stdio gone unheard, tlsd would still
@@ -67,7 +91,7 @@ t.test('a child whose stdin and stdout end before tlsd knows it runs: its sessio
   t.notMatch(tlsd.stderr(), /children is lost/, 'the helper had no child of ours left: the ended child was let go');
 
   t.equal(await servedAndHeld(tlsd), `${alice.fingerprint}\n`, 'a second peer is served the same way');
-  await tlsd.waitFor(/child \d+ exited with status 0[^]*child \d+ exited with status 0/);
+  await tlsd.waitFor(/Process \d+ has exited with status 0[^]*Process \d+ has exited with status 0/);
   tlsd.proc.kill('SIGTERM');
   t.equal(await withDeadline(tlsd.exited, SHUTDOWN_BOUND_MS, 'tlsd exits within the shutdown linger'), 0, 'exit status 0');
   t.equal(countMatches(tlsd.stderr(), /session ended/g), 2, 'both sessions ended');
@@ -75,9 +99,9 @@ t.test('a child whose stdin and stdout end before tlsd knows it runs: its sessio
 
 t.test('SIGTERM while a child is starting: once it runs, it gets end of file and the -s signal', async (t) => {
   const cases = [
-    { what: 'end of file', options: [], command: ['sh', '-c', 'cat >/dev/null; echo "got EOF"'], output: 'got EOF\n', exit: /child \d+ exited with status 0/ },
+    { what: 'end of file', options: [], command: ['sh', '-c', 'cat >/dev/null; echo "got EOF"'], output: 'got EOF\n', exit: /Process \d+ has exited with status 0/ },
     // exec: one pid; it never reads its input, so only the signal ends it before 30 s.
-    { what: '-s TERM', options: ['-s', 'TERM'], command: ['sh', '-c', 'echo ready; exec sleep 30 </dev/null'], output: 'ready\n', exit: /child \d+ killed by signal SIGTERM/ },
+    { what: '-s TERM', options: ['-s', 'TERM'], command: ['sh', '-c', 'echo ready; exec sleep 30 </dev/null'], output: 'ready\n', exit: /Process \d+ was terminated by signal 15/ },
   ];
   for (const { what, options, command, output, exit } of cases) {
     t.test(what, async (t) => {
@@ -89,7 +113,7 @@ t.test('SIGTERM while a child is starting: once it runs, it gets end of file and
       const reply = readAll(socket);
       await tlsd.waitFor(/connected as SERVER/);
       tlsd.proc.kill('SIGTERM');
-      await tlsd.waitFor(/^tlsd: Shutting down, waiting for 1 child$/m);
+      await tlsd.waitFor(/^tlsd: Terminating gracefully$/m);
       t.notMatch(tlsd.stderr(), /started child/, 'the shutdown began while the child was starting');
       writeFileSync(go, '');
       killAtTeardown(t, Number((await tlsd.waitFor(/started child (\d+)/))[1]));
@@ -109,7 +133,7 @@ t.test('SIGTERM once a child has exited, leaving a process that holds its stdout
   const reply = readAll(socket, 30_000);
   const leftBehind = Number(await readUntil(socket, '\n'));
   killAtTeardown(t, leftBehind);
-  await tlsd.waitFor(/child \d+ exited with status 0/);
+  await tlsd.waitFor(/Process \d+ has exited with status 0/);
   tlsd.proc.kill('SIGTERM');
   t.equal(await withDeadline(tlsd.exited, 20_000, 'tlsd exits within the ten-second linger'), 0, 'exit status 0');
   t.equal((await withDeadline(reply, 5_000, 'the peer sees the connection end')).toString(), `${leftBehind}\n`, 'what the child wrote was delivered');

@@ -27,7 +27,7 @@ async function sameBehaviour(t: Test, env: NodeJS.ProcessEnv, throughHelper: boo
   t.equal(reply.input, 'after EOF', 'the child read to EOF and its reply still reached the peer');
   t.equal(reply.SigIgn, '0000000000000000', 'no signal ignored in the child');
   t.equal(reply.SigBlk, '0000000000000000', 'no signal blocked in the child');
-  await tlsd.waitFor(/child \d+ exited with status 0/);
+  await tlsd.waitFor(/Process \d+ has exited with status 0/);
   const ppid = Number(reply.ppid);
   if (throughHelper) {
     t.ok(isSpawnHelper(ppid), `the child's parent ${ppid} is the spawn helper`);
@@ -43,13 +43,13 @@ async function sameBehaviour(t: Test, env: NodeJS.ProcessEnv, throughHelper: boo
   t.notMatch(quick.stderr(), /connection lost/, 'tlsd read (and dropped) what they sent: none had to be found lost');
   const missing = await startTlsd(t, { identity: server, command: ['tlsd-test-no-such-command'], env: { ...quietSyslog, ...env } });
   t.equal(await exchange(missing.port, alice, 'x\n'), '', 'a command that cannot start: the peer gets nothing');
-  await missing.waitFor(/cannot run "tlsd-test-no-such-command": spawn tlsd-test-no-such-command ENOENT$/m);
+  await missing.waitFor(/Failed to execute "tlsd-test-no-such-command": spawn tlsd-test-no-such-command ENOENT$/m);
   t.pass('and the log line names the command and ENOENT');
   const notExecutable = join(tempDir(), 'not-executable');
   writeFileSync(notExecutable, '#!/bin/sh\necho ran\n', { mode: 0o644 });
   const refused = await startTlsd(t, { identity: server, command: [notExecutable], env: { ...quietSyslog, ...env } });
   t.equal(await withDeadline(exchange(refused.port, alice, 'x\n'), 15_000, 'the peer of a command that may not be executed'), '', 'a command that may not be executed: the peer gets nothing');
-  await refused.waitFor(new RegExp(`cannot run "${notExecutable}": spawn ${notExecutable} EACCES$`, 'm'));
+  await refused.waitFor(new RegExp(`Failed to execute "${notExecutable}": spawn ${notExecutable} EACCES$`, 'm'));
   t.pass('and the log line says EACCES');
   // A request far larger than what the helper reads at once: two arguments of 100,000 bytes.
   const long = ['a', 'b'].map((letter) => letter.repeat(100_000));

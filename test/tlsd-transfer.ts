@@ -246,7 +246,7 @@ t.test('a child that exits without reading its input keeps its output, and tlsd 
     const [received, sent] = await Promise.all([receive(socket, 30_000, { stillSending: true }), send(socket, randomChunks(8 * MiB))]);
     t.equal(sent.bytes, 8 * MiB, 'the peer could send everything');
     t.same(received, output, 'the whole output arrived, the session ended cleanly');
-    await tlsd.waitFor(/child \d+ exited with status 0/);
+    await tlsd.waitFor(/Process \d+ has exited with status 0/);
 
     const next = await connectTls(tlsd.port, alice);
     const [again] = await Promise.all([receive(next, 30_000, { stillSending: true }), send(next, randomChunks(1000))]);

@@ -64,7 +64,7 @@ t.test('--aliases with a missing file: one line, exit 1', async (t) => {
   const missing = join(tempDir(), 'nope');
   const result = await runProgram('tlsd', ['-e', '-b', '127.0.0.1', '-k', server.key, '-c', server.cert, '--aliases', missing, 'cat']);
   t.equal(result.status, 1);
-  t.equal(result.stderr, `tlsd: Cannot read the aliases file ${missing}: no such file or directory (ENOENT)\n`);
+  t.equal(result.stderr, `tlsd: Initializing\ntlsd: Cannot read the aliases file ${missing}: no such file or directory (ENOENT)\n`);
 });
 
 t.test('--ca: certificates from the CA are served, others refused, on both sides', async (t) => {
@@ -108,7 +108,7 @@ t.test('--ca: certificates from the CA are served, others refused, on both sides
 t.test('--ca with a file that holds no certificate: one line, exit 1', async (t) => {
   const result = await runProgram('tlsd', ['-e', '-b', '127.0.0.1', '-k', server.key, '-c', server.cert, '--ca', server.key, 'cat']);
   t.equal(result.status, 1);
-  t.equal(result.stderr, `tlsd: Cannot use CA file ${server.key}: no PEM certificate in it\n`);
+  t.equal(result.stderr, `tlsd: Initializing\ntlsd: Cannot use CA file ${server.key}: no PEM certificate in it\n`);
 });
 
 t.test('the child environment describes the connection, on both sides, never tlsd own', async (t) => {

@@ -1,7 +1,7 @@
 import { Readable } from 'node:stream';
 import t from 'tap';
 import { takeActivatedSockets } from '../src/daemon/activation.js';
-import { parseDialLine } from '../src/daemon/dial-line.js';
+import { joinSplitTargets, parseDialLine } from '../src/daemon/dial-line.js';
 import { fingerprint } from '../src/daemon/fingerprint.js';
 import { readLines, type InputLine } from '../src/daemon/line-reader.js';
 import { PeerTable } from '../src/daemon/peer-table.js';
@@ -59,6 +59,22 @@ t.test('line reader splits across chunks and reports over-long lines', async (t)
   t.same(await lines(['x'.repeat(30), 'y'.repeat(30), '\nok 1\n'], 50), [{ tooLong: 60 }, { line: 'ok 1' }]);
   t.same(await lines(['short\n', 'z'.repeat(200)], 50), [{ line: 'short' }, { tooLong: 200 }]);
   t.same(await lines(['\n\n'], 10), [{ line: '' }, { line: '' }]);
+});
+
+t.test("a host alone on its line takes its port from the next line that is not blank, as the original's scanf did", async (t) => {
+  const joined = async (chunks: string[]): Promise<InputLine[]> => {
+    const out: InputLine[] = [];
+    for await (const line of joinSplitTargets(readLines(Readable.from(chunks.map((c) => Buffer.from(c))), 100))) out.push(line);
+    return out;
+  };
+  // What the original's tests/authenticate.sh writes: `localhost ${PORT}`, PORT after two line breaks.
+  t.same(await joined(['localhost \n\n5600\n']), [{ line: 'localhost 5600' }]);
+  t.same(await joined(['example.org\n', '443 ' + 'ab'.repeat(32) + '\n']), [{ line: `example.org 443 ${'ab'.repeat(32)}` }]);
+  // Each stands alone when what follows does not start with a port.
+  t.same(await joined(['garbage\n', 'a b c d\n', 'host 80\n']), [{ line: 'garbage' }, { line: 'a b c d' }, { line: 'host 80' }]);
+  t.same(await joined(['lonely\n', 'x'.repeat(120), '\n']), [{ line: 'lonely' }, { tooLong: 120 }]);
+  t.same(await joined(['5600\n', 'host\n']), [{ line: '5600' }, { line: 'host' }], 'a port alone waits for nothing; a host at the end is read alone');
+  t.same(await joined(['a 1\n', '\n', 'b 2\n']), [{ line: 'a 1' }, { line: '' }, { line: 'b 2' }], 'lines that need no joining are as they were');
 });
 
 t.test('peer table: refuses at the limit, queued waiters get freed slots in order', async (t) => {

@@ -79,6 +79,11 @@ const cli = program.opts<CliOptions>();
 const [command, args] = program.processedArgs as [string, string[]];
 // A bug must still end in one log line and a status systemd can act on, never a stack trace.
 const log = startLogging(cli);
+// The original's first line; what else start-up logs waits until Daemon.start has said where it
+// listens, so that a script reading the first three lines (as the original's own test does) sees
+// the original's three.
+log.announce('debug', 'Initializing');
+log.hold();
 
 // Read before anything can spawn: children must not inherit systemd's variables or sockets,
 // nor any other descriptor tlsd's parent left open.
@@ -116,7 +121,8 @@ try {
     beforeServing: () => dropPrivileges(becomes),
     log,
   });
-  handleSignals(daemon, notifier, (code) => process.exit(code));
+  log.release();
+  handleSignals(daemon, notifier, log, (code) => process.exit(code));
   notifier.ready(peerStatus(0));
 } catch (error) {
   fail(log, reason(error));

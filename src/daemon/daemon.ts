@@ -9,7 +9,7 @@ import { saveCertificate } from './cert-dir.js';
 import { baseEnvironment, connectionEnvironment } from './child-env.js';
 import type { Side } from './side.js';
 import { nodeLaunch } from './child-like.js';
-import { parseDialLine, type DialTarget } from './dial-line.js';
+import { joinSplitTargets, parseDialLine, type DialTarget } from './dial-line.js';
 import { dial } from './dialer.js';
 import { loadIdentity, reloadWarnings, type Identity } from './identity.js';
 import { readLines } from './line-reader.js';
@@ -125,7 +125,7 @@ export class Daemon {
       throw error;
     }
     await daemon.spawner?.ready();
-    for (const address of addresses) options.log.notice(`Listening on ${address.address}, port ${address.port}`);
+    for (const address of addresses) options.log.announce('info', `Listening on ${address.address}, port ${address.port}`);
     options.log.info(`Our certificate's SHA256: ${identity.fingerprint}`);
     if (identity.exposure) options.log.warning(identity.exposure);
     for (const warning of reloadWarnings(options)) options.log.warning(warning);
@@ -159,8 +159,9 @@ export class Daemon {
 
   /** SIGHUP: new key, certificate (and aliases) for new connections; on failure the old ones stay. */
   reload(): Promise<void> {
+    const { log } = this.options;
+    log.info('Reloading key and certificate');
     this.reloading = this.reloading.then(async () => {
-      const { log } = this.options;
       this.trust.aliases?.reload();
       try {
         this.identity = await loadIdentity(this.options);
@@ -168,7 +169,9 @@ export class Daemon {
         log.notice(`Reloaded key and certificate, SHA256 ${this.identity.fingerprint}`);
         if (this.identity.exposure) log.warning(this.identity.exposure);
       } catch (error) {
-        log.error(`Reload failed, keeping the old key and certificate: ${reason(error)}`);
+        // The original's words; where it then exited, we go on with what was loaded before.
+        log.error(`Failed to load key or certificate: ${reason(error)}`);
+        log.notice(`Kept the old key and certificate, SHA256 ${this.identity.fingerprint}`);
       }
     });
     return this.reloading;
@@ -176,17 +179,17 @@ export class Daemon {
 
   /**
    * SIGTERM/SIGINT: stop accepting and dialing, let every child see EOF (and the -s signal),
-   * deliver what they still write, and resolve once all of them are gone.
+   * deliver what they still write, and resolve once all of them are gone. Each child still
+   * running is named as it is told (Session's `Waiting for process N to exit`).
    */
   shutdown(): Promise<void> {
     if (this.drained) return this.drained;
+    this.options.log.info('Terminating gracefully');
     this.stopping = true;
     this.listener.close();
     this.options.dialInput?.destroy();
     this.trust.aliases?.close();
     this.peers.close();
-    const count = this.sessions.size;
-    this.options.log.notice(count > 0 ? `Shutting down, waiting for ${count} child${count === 1 ? '' : 'ren'}` : 'Shutting down');
     for (const session of this.sessions.keys()) session.end();
     this.drained = this.sessions.size === 0 ? Promise.resolve() : new Promise((resolve) => (this.lastSessionEnded = resolve));
     return this.drained;
@@ -212,7 +215,7 @@ export class Daemon {
   private async readDialLines(input: Readable): Promise<void> {
     const { log } = this.options;
     try {
-      for await (const item of readLines(input, MAX_LINE_BYTES)) {
+      for await (const item of joinSplitTargets(readLines(input, MAX_LINE_BYTES))) {
         if (this.stopping) break;
         if ('tooLong' in item) {
           log.warning(`Skipped a stdin line of ${item.tooLong} bytes: longer than ${MAX_LINE_BYTES}`);
@@ -228,6 +231,8 @@ export class Daemon {
         if (!(await this.peers.acquire())) break;
         void this.dialAndServe(parsed.target);
       }
+      // As the original: the end of stdin stops dialing, not serving.
+      if (!this.stopping) log.info('stdin is closed');
     } catch (error) {
       if (!this.stopping) log.error(`Cannot read stdin: ${reason(error)}`);
     }
@@ -236,7 +241,7 @@ export class Daemon {
   private async dialAndServe(target: DialTarget): Promise<void> {
     const label = formatAddress(target.host, target.port);
     const { log, handshakeTimeoutMs } = this.options;
-    log.info(`Connecting to ${label}`);
+    log.debug(`Connecting to ${target.host}, port ${target.port}`);
     let socket: TLSSocket;
     try {
       socket = await dial(target, this.identity.context, handshakeTimeoutMs, this.options.proxy);
@@ -245,6 +250,8 @@ export class Daemon {
       this.peers.release();
       return;
     }
+    // The address connected to, as the original names it; through a proxy, the name dialed.
+    log.info(`Connected to ${this.options.proxy ? target.host : (socket.remoteAddress ?? target.host)}, port ${target.port}`);
     this.serve(socket, 'CLIENT', label, { pin: target.pin, host: target.host });
   }
 
@@ -287,6 +294,8 @@ export class Daemon {
     }
     const peer = verdict.accepted;
     const { certificate, sha256 } = peer;
+    // The original's line for scripts that read it; ours, with the peer's label, says which peer.
+    if (sha256) log.debug(`Peer's fingerprint: ${sha256}`);
     log.info(`${remote}: connected as ${side}, peer SHA256 ${sha256 ?? '(none)'}${peer.alias === undefined ? '' : ` (${peer.alias})`}`);
     if (options.certDir && certificate && sha256) {
       const failure = await saveCertificate(options.certDir, sha256, certificate.raw);

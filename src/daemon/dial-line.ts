@@ -1,5 +1,6 @@
 import { isIP } from 'node:net';
 import { isHostName } from './host-name.js';
+import type { InputLine } from './line-reader.js';
 
 export interface DialTarget {
   host: string;
@@ -16,7 +17,7 @@ export type ParsedLine = { target: DialTarget } | { error: string } | { blank: t
  * have, separated by blanks. Anything else is an error the caller logs before going on.
  */
 export function parseDialLine(line: string): ParsedLine {
-  const fields = line.trim().split(/[ \t]+/).filter((field) => field !== '');
+  const fields = fieldsOf(line);
   if (fields.length === 0) return { blank: true };
   if (fields.length < 2 || fields.length > 3) {
     return { error: `expected "host port [fingerprint]", got ${fields.length} field${fields.length === 1 ? '' : 's'}` };
@@ -31,6 +32,40 @@ export function parseDialLine(line: string): ParsedLine {
   const pin = normalizeFingerprint(rawPin);
   if (pin === undefined) return { error: 'invalid fingerprint (expected 64 hex digits, colons allowed)' };
   return { target: { host, port: Number(rawPort), pin } };
+}
+
+/**
+ * Stdin lines as dial lines, with the one liberty the original's input allowed that matters: it read
+ * whitespace-separated words two at a time (scanf), so a host alone on its line took its port from
+ * the next one; its own test sends `localhost`, two empty lines, then the port. Here a line that is
+ * one word, not a number, waits for the next line that is not blank: if that starts with a port,
+ * the two are read as one line; if not, each is read on its own. Nothing else spans lines.
+ */
+export async function* joinSplitTargets(lines: AsyncIterable<InputLine>): AsyncGenerator<InputLine> {
+  let host: string | undefined;
+  for await (const item of lines) {
+    if ('line' in item && fieldsOf(item.line).length === 0) {
+      if (host === undefined) yield item;
+      continue;
+    }
+    if (host !== undefined) {
+      const held = host;
+      host = undefined;
+      if ('line' in item && /^\d+$/.test(fieldsOf(item.line)[0]!)) {
+        yield { line: `${held} ${item.line.trim()}` };
+        continue;
+      }
+      yield { line: held };
+    }
+    const words = 'line' in item ? fieldsOf(item.line) : [];
+    if (words.length === 1 && !/^\d+$/.test(words[0]!)) host = words[0];
+    else yield item;
+  }
+  if (host !== undefined) yield { line: host };
+}
+
+function fieldsOf(line: string): string[] {
+  return line.trim().split(/[ \t]+/).filter((field) => field !== '');
 }
 
 /**

@@ -69,10 +69,14 @@ export class Listener {
       // Half-open only once secure: a peer that ends its side still gets the child's whole reply,
       // while an end during the handshake fails it at once rather than at the deadline.
       socket.allowHalfOpen = true;
-      options.onSecure(socket, remoteOf(socket));
+      // The original's line, logged once the handshake is done rather than at accept: a flood of
+      // connections that never finish one costs no more log lines than before.
+      const tcp = tcpSocketOf(socket) ?? socket;
+      options.log.info(`Accepted a TCP connection from ${tcp.remoteAddress}, port ${tcp.remotePort}`);
+      options.onSecure(socket, formatAddress(tcp.remoteAddress, tcp.remotePort));
     });
     this.tls.on('tlsClientError', (error: Error, socket: TLSSocket) => {
-      if (this.slots.release(tcpSocketOf(socket) ?? socket)) options.log.info(`${remoteOf(socket)}: TLS handshake failed: ${reason(error)}`);
+      if (this.slots.release(tcpSocketOf(socket) ?? socket)) options.log.info(`${remoteOf(socket)}: TLS handshake has failed: ${reason(error)}`);
       // Node leaves a failed socket open when this event has a listener: close it, or it leaks.
       socket.destroy();
     });
@@ -99,8 +103,10 @@ export class Listener {
             server.on('error', (error) => this.options.log.error(`Cannot accept a connection: ${reason(error)}`));
             resolve(server.address() as AddressInfo);
           };
-          if (fd === undefined) server.listen({ host, port, backlog: LISTEN_BACKLOG }, ready);
-          else server.listen({ fd, backlog: LISTEN_BACKLOG }, ready);
+          if (fd === undefined) {
+            this.options.log.announce('debug', `Attempting to bind: ${host}, port ${port}`);
+            server.listen({ host, port, backlog: LISTEN_BACKLOG }, ready);
+          } else server.listen({ fd, backlog: LISTEN_BACKLOG }, ready);
         });
       }),
     );

@@ -34,7 +34,7 @@ export type Verdict = { accepted: PeerIdentity } | { refused: string };
 /** Decides, right after the handshake and before any child starts, whether this peer is served. */
 export function checkPeer(socket: TLSSocket, policy: TrustPolicy, expectation: Expectation = {}): Verdict {
   const certificate = socket.getPeerX509Certificate();
-  if (!certificate) return policy.requireCert ? { refused: 'no certificate presented' } : { accepted: {} };
+  if (!certificate) return policy.requireCert ? { refused: 'Peer certificate is required' } : { accepted: {} };
   const sha256 = fingerprint(certificate.raw);
   if (policy.verifyChain) {
     // Node also fails `authorized` on a name mismatch when dialing; that case gets its own words.

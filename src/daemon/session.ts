@@ -4,12 +4,16 @@ import { reason } from '../reason.js';
 import { connectionLost, descriptorOf } from '../os/tcp-probe.js';
 import type { Environment } from './child-env.js';
 import type { ChildEvents, ChildLike, Launch } from './child-like.js';
+import { signalNumber } from './signal-name.js';
 
 /** What every session of a daemon shares: made once, so that an idle peer does not pay for a copy. */
 export interface SessionSettings {
   command: string;
   args: readonly string[];
-  /** Sent to the child when its connection ends (-s); none by default: EOF on stdin says it. */
+  /**
+   * -s: sent to the child, once, when tlsd ends its stdin (see endChild); none by default: EOF on
+   * stdin says it.
+   */
   endSignal: NodeJS.Signals | undefined;
   log: Logger;
   /** How the child is started: Node's spawn, or the spawn helper. */
@@ -39,6 +43,10 @@ export class Session implements ChildEvents {
   /** Launched, but not yet running or failed: the session waits for it either way. */
   private childStarting = false;
   private socketClosed = false;
+  /** The peer ended its side (FIN or close_notify): the child's stdin ends there too. */
+  private peerEnded = false;
+  /** endChild has told the running child (stdin ended, -s sent): it is never told twice. */
+  private childTold = false;
   private childGone = false;
   private outputFlushed = false;
   private shuttingDown = false;
@@ -82,6 +90,8 @@ export class Session implements ChildEvents {
       socket.destroy();
     });
     socket.on('close', () => this.onSocketClosed());
+    // Piped with { end: false }: the end of the peer's side is endChild's to pass on, -s and all.
+    socket.on('end', () => this.onPeerEnded());
     socket.on('finish', () => {
       this.outputFlushed = true;
       this.lingerIfDone();
@@ -120,10 +130,10 @@ export class Session implements ChildEvents {
       return;
     }
     if (stdin.destroyed) this.discardInput();
-    else socket.pipe(stdin);
+    else socket.pipe(stdin, { end: false });
     stdout.pipe(socket);
-    // Shutdown began while the child was starting: it gets what the others got then.
-    if (this.shuttingDown) this.endChild();
+    // The peer ended, or shutdown began, while the child was starting: it gets what it missed.
+    if (this.peerEnded || this.shuttingDown) this.endChild();
   }
 
   failed(error: Error): void {
@@ -137,7 +147,12 @@ export class Session implements ChildEvents {
 
   exited(code: number | null, signal: NodeJS.Signals | null): void {
     this.childRunning = false;
-    this.options.log.info(`${this.label}: child ${this.child?.pid} ${describeExit(code, signal)}`);
+    const { log } = this.options;
+    // The original's lines: the pid tells the child, and `started child` tells whose it was.
+    const pid = this.child?.pid;
+    if (signal) log.notice(`Process ${pid} was terminated by signal ${signalNumber(signal)}`);
+    else if (code !== null) log.info(`Process ${pid} has exited with status ${code}`);
+    else log.warning(`${this.label}: the exit status of process ${pid} is lost`);
     if (this.socketClosed) this.releaseChild();
     else this.lingerIfDone();
   }
@@ -179,7 +194,7 @@ export class Session implements ChildEvents {
 
   private onSpawnFailed(error: unknown): void {
     const { options } = this;
-    options.log.error(`${this.label}: cannot run ${JSON.stringify(options.command)}: ${reason(error)}`);
+    options.log.error(`${this.label}: Failed to execute ${JSON.stringify(options.command)}: ${reason(error)}`);
     this.socket.unpipe();
     this.discardInput();
     this.socket.end();
@@ -193,6 +208,12 @@ export class Session implements ChildEvents {
     this.cutOffChild();
     if (!this.childRunning && !this.childStarting) this.releaseChild();
     this.finishIfDone();
+  }
+
+  /** The peer has ended its side: the child gets EOF (and -s); what it writes still goes to the peer. */
+  private onPeerEnded(): void {
+    this.peerEnded = true;
+    this.endChild();
   }
 
   /** The peer is gone: the child gets EOF (and -s), and is drained so it never blocks on output. */
@@ -222,10 +243,19 @@ export class Session implements ChildEvents {
     this.finishIfDone();
   }
 
-  /** EOF on the child's stdin, and the -s signal. */
+  /**
+   * EOF on the child's stdin, and the -s signal: when the peer ends its side, when the connection
+   * is closed, or at shutdown, whichever comes first. A running child is told once (the signal is
+   * sent at once, not when it has read its input: -s is for children that never read it); one
+   * still starting is told when it runs (spawned).
+   */
   private endChild(): void {
     this.endChildInput();
-    this.signalChild();
+    if (!this.childRunning || this.childTold) return;
+    this.childTold = true;
+    const { log, endSignal } = this.options;
+    log.info(`Waiting for process ${this.child?.pid} to exit`);
+    if (endSignal) this.child?.kill(endSignal);
   }
 
   private endChildInput(): void {
@@ -234,11 +264,6 @@ export class Session implements ChildEvents {
       this.socket.unpipe(stdin);
       stdin.end();
     }
-  }
-
-  private signalChild(): void {
-    const signal = this.options.endSignal;
-    if (signal && this.childRunning) this.child?.kill(signal);
   }
 
   private discardInput(): void {

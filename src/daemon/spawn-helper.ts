@@ -68,6 +68,7 @@ export class SpawnHelper {
     if (this.fallback) return this.fallback(request, events);
     const child = new RemoteChild(this.nextId++, request.command, this.owner, events);
     this.children.set(child.id, child);
+    this.holdWhileChildren();
     this.begin().then(
       () => this.request(child, request),
       (error: unknown) => child.fail(error instanceof Error ? error : new Error(String(error))),
@@ -112,6 +113,7 @@ export class SpawnHelper {
     },
     forget: (child) => {
       this.children.delete(child.id);
+      this.holdWhileChildren();
     },
   };
 
@@ -156,10 +158,25 @@ export class SpawnHelper {
     }
     this.helper = helper;
     helper.once('exit', (code, signal) => this.helperGone(helper, code, signal));
-    // Neither the helper nor its channel keeps tlsd running; the sessions do.
-    helper.unref();
-    helper.channel?.unref();
     (helper.stdin as unknown as Socket | null)?.unref();
+    this.holdWhileChildren();
+  }
+
+  /**
+   * An idle helper does not keep tlsd running; a child whose exit it has yet to report does. At
+   * shutdown that report can be all that is left (listener closed, peer gone, the child's stdio
+   * closed): unreferenced, tlsd would end there, its exit and `Shutting down` never logged.
+   */
+  private holdWhileChildren(): void {
+    const helper = this.helper;
+    if (!helper) return;
+    if (this.children.size > 0) {
+      helper.ref();
+      helper.channel?.ref();
+    } else {
+      helper.unref();
+      helper.channel?.unref();
+    }
   }
 
   private report(message: unknown, handle: unknown): void {

@@ -70,7 +70,21 @@ export function tcpAttempt(port: number, ms = 5_000): Promise<string> {
  * the caller waits for whatever tells it tlsd is up.
  */
 export function spawnTlsd(t: Teardown, args: string[], env: NodeJS.ProcessEnv): RunningTlsd {
-  const proc = spawn(process.execPath, [bin('tlsd'), ...args], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...env } });
+  return spawnWatched(t, process.execPath, [bin('tlsd'), ...args], { env });
+}
+
+export interface WatchedOptions {
+  env?: NodeJS.ProcessEnv;
+  cwd?: string;
+  /** 'pipe' to write to it; default /dev/null. */
+  stdin?: 'pipe' | 'ignore';
+  /** 'pipe' to read it; default /dev/null. */
+  stdout?: 'pipe' | 'ignore';
+}
+
+/** Any program (tlsd, or `timeout … tlsd`, or a reader), its stderr watched, killed at teardown. */
+export function spawnWatched(t: Teardown, command: string, args: string[], options: WatchedOptions = {}): RunningTlsd {
+  const proc = spawn(command, args, { stdio: [options.stdin ?? 'ignore', options.stdout ?? 'ignore', 'pipe'], env: { ...process.env, ...options.env }, cwd: options.cwd });
   const running = watch(proc);
   t.teardown(async () => {
     if (proc.exitCode === null && proc.signalCode === null) {

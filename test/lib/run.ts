@@ -48,3 +48,11 @@ export function runProgram(name: string, args: string[], options: RunOptions = {
     }
   });
 }
+
+/**
+ * Stderr without the start-up lines tlsd logs first, as the original did (`Initializing`, then
+ * `Attempting to bind: …`): what a failed start says after them. Only at the start, in that order.
+ */
+export function afterStartLines(stderr: string): string {
+  return stderr.replace(/^[^:\n]+: Initializing\n(?:[^:\n]+: Attempting to bind: [^\n]*\n)?/, '');
+}

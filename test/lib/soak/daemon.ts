@@ -268,15 +268,6 @@ export function descendants(root: number): number[] {
   return below;
 }
 
-/** The command name of a process (/proc/PID/comm), or undefined once it is gone. */
-export function commandOf(pid: number): string | undefined {
-  try {
-    return readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
-  } catch {
-    return undefined;
-  }
-}
-
 export function alive(pid: number): boolean {
   const state = (() => {
     try {

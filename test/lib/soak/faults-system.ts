@@ -73,7 +73,7 @@ export const descriptorExhaustion: SoakCase = {
       else notBack.push(`cycle ${cycle}: ${back?.error ?? 'no reply'}`);
       const afterCycle = (): boolean => usage(tlsd.pid).fds <= base.fds + 2 && usage(tlsd.pid).children === 0;
       await eventually(afterCycle, ctx.profile.pick(5_000, 15_000));
-      ctx.check(afterCycle(), `cycle ${cycle}: descriptors back to the baseline (${base.fds})`, `${usage(tlsd.pid).fds} open (${extraDescriptors(tlsd.pid, tracker.beforeKinds)}), ${countMatches(tlsd.stderr(), /: cannot run /)} children that could not start so far`);
+      ctx.check(afterCycle(), `cycle ${cycle}: descriptors back to the baseline (${base.fds})`, `${usage(tlsd.pid).fds} open (${extraDescriptors(tlsd.pid, tracker.beforeKinds)}), ${countMatches(tlsd.stderr(), /: Failed to execute /)} children that could not start so far`);
     }
     ctx.check(notBack.length === 0, 'after each exhaustion a client is served again', notBack.join('; '));
     ctx.check(partial.length === 0, 'a session is either refused whole or served whole, never cut short', partial.slice(0, 3).join('; '));

@@ -61,8 +61,8 @@ async function judge(ctx: CaseContext, tlsd: SoakTlsd, entries: Raw[], others: {
   const started = countMatches(tlsd.stderr(), /: started child /);
   ctx.check(started === report.sessions + 1, `${what}: none of them gets a child`, `${started - report.sessions - 1} children beyond the ordinary sessions`);
   const log = tlsd.stderr();
-  const logged = entries.filter((e) => saidOf(log, e.label, 'TLS handshake failed') || saidOf(log, e.label, 'connection refused')).length;
-  ctx.check(logged === entries.length, `${what}: each is logged with its address and the reason`, `${entries.length - logged} of ${entries.length} without a "TLS handshake failed" line naming them (${countMatches(tlsd.stderr(), /unknown peer: TLS handshake failed/)} lines say "unknown peer")`);
+  const logged = entries.filter((e) => saidOf(log, e.label, 'TLS handshake has failed') || saidOf(log, e.label, 'connection refused')).length;
+  ctx.check(logged === entries.length, `${what}: each is logged with its address and the reason`, `${entries.length - logged} of ${entries.length} without a "TLS handshake has failed" line naming them (${countMatches(tlsd.stderr(), /unknown peer: TLS handshake has failed/)} lines say "unknown peer")`);
   await sleep(300);
   const table = await status(tlsd);
   ctx.check(table.handshakes === 0 && table.peers === 0, `${what}: no handshake slot is left taken`, `SIGUSR1: ${table.handshakes} handshakes, ${table.peers} peers`);
@@ -135,7 +135,7 @@ export const plaintextHttp: SoakCase = {
     await eventually(() => entries.every((e) => e.closedAt !== undefined), 3_000);
     const slow = entries.filter((e) => e.closedAt === undefined || e.closedAt - e.opened > 1_000);
     ctx.check(slow.length === 0, 'each is closed at once (< 1 s), without waiting for the handshake timeout', `${slow.length} took longer`);
-    const reason = /TLS handshake failed: .*(http request|wrong version number|packet length too long|unknown protocol)/i.exec(tlsd.stderr())?.[0];
+    const reason = /TLS handshake has failed: .*(http request|wrong version number|packet length too long|unknown protocol)/i.exec(tlsd.stderr())?.[0];
     ctx.note(`logged as: ${reason ?? 'no recognisable reason'}`);
     await judge(ctx, tlsd, entries, others, 12_000, 'HTTP');
     await settle(ctx, tlsd, tracker);
@@ -261,7 +261,7 @@ export const slowloris: SoakCase = {
     ctx.tries += loris.length;
     const lasted = loris.filter((l) => l.closedAt !== undefined).map((l) => l.closedAt! - l.opened);
     ctx.check(lasted.length === loris.length && Math.min(...lasted) >= timeout * 750, `tlsd closes every slowloris at its ${timeout} s deadline`, `${loris.length - lasted.length} still open; closed after ${Math.min(...lasted)}–${Math.max(...lasted)} ms`);
-    const logged = loris.filter((l) => saidOf(tlsd.stderr(), l.label, 'TLS handshake failed')).length;
+    const logged = loris.filter((l) => saidOf(tlsd.stderr(), l.label, 'TLS handshake has failed')).length;
     ctx.check(logged === loris.length, 'each is logged as a failed handshake, with its address', `${logged} of ${loris.length}`);
     await settle(ctx, tlsd, tracker);
   },

@@ -133,8 +133,8 @@ function noGrowth(ctx: CaseContext, before: Usage, after: Usage[]): void {
 }
 
 /** One session before measuring: Node opens some descriptors (syslog socket, signal pipes) lazily. */
-export async function warmUp(ctx: CaseContext, port: number, servername?: string): Promise<void> {
-  const outcome = await echoSession(port, ctx.cast.alice, Buffer.from('warm-up\n'), servername ? { connect: { servername } } : {});
+export async function warmUp(ctx: CaseContext, port: number, servername?: string, endAfterEcho = false): Promise<void> {
+  const outcome = await echoSession(port, ctx.cast.alice, Buffer.from('warm-up\n'), { ...(servername ? { connect: { servername } } : {}), endAfterEcho });
   if (!outcome.ok) throw new Error(`the warm-up session failed: ${outcome.error ?? `${outcome.received} bytes back`}`);
   await new Promise((resolve) => setTimeout(resolve, 300));
 }

@@ -125,6 +125,11 @@ export interface EchoOptions {
   ms?: number;
   /** Called once the handshake is done, before anything is sent (a barrier, say). */
   afterHandshake?: (socket: TLSSocket) => Promise<void>;
+  /**
+   * Half-close only once the whole echo is back: the way to talk to a tlsd with -s, whose signal
+   * goes to the child with the end of its input, whether or not it has written it all back.
+   */
+  endAfterEcho?: boolean;
 }
 
 /**
@@ -159,15 +164,19 @@ export function echoSession(port: number, identity: TestIdentity | undefined, pa
         try {
           await options.afterHandshake?.(socket);
           await writeAll(socket, payload);
+          if (options.endAfterEcho) await echoed;
           socket.end();
         } catch (error) {
           finish(`while sending: ${(error as Error).message}`);
         }
       })();
     });
+    let allBack: () => void = () => {};
+    const echoed = new Promise<void>((resolve) => (allBack = resolve));
     socket.on('data', (chunk: Buffer) => {
       hash.update(chunk);
       received += chunk.length;
+      if (received >= payload.length) allBack();
     });
     socket.on('end', () => finish());
     socket.on('error', (error) => finish(error.message));
@@ -243,14 +252,14 @@ export interface CanaryReport {
  * Ordinary clients that keep using tlsd while a case does something nasty to it: `workers`
  * sessions at a time, each a random payload echoed and checked, until stopped.
  */
-export function canary(port: number, identity: TestIdentity, options: { workers?: number; seed?: number; maxBytes?: number; pauseMs?: number; connect?: ConnectionOptions } = {}): { stop(): Promise<CanaryReport> } {
+export function canary(port: number, identity: TestIdentity, options: { workers?: number; seed?: number; maxBytes?: number; pauseMs?: number; connect?: ConnectionOptions; endAfterEcho?: boolean } = {}): { stop(): Promise<CanaryReport> } {
   const rng = new Rng(options.seed ?? 7);
   const outcomes: Outcome[] = [];
   let stopping = false;
   const worker = async (): Promise<void> => {
     while (!stopping) {
       const payload = rng.bytes(rng.int(1, options.maxBytes ?? 16_384));
-      outcomes.push(await echoSession(port, identity, payload, { ms: 30_000, connect: { servername: 'echo.test', ...options.connect } }));
+      outcomes.push(await echoSession(port, identity, payload, { ms: 30_000, connect: { servername: 'echo.test', ...options.connect }, endAfterEcho: options.endAfterEcho }));
       await new Promise((resolve) => setTimeout(resolve, options.pauseMs ?? 20));
     }
   };
