@@ -371,7 +371,7 @@ t.test('--user/--group', { skip: !root ? 'privilege drop needs root (run as uid 
     copyFileSync(server.cert, live.cert);
     const tlsd = await startTlsd(t, { identity: { ...live, fingerprint: server.fingerprint }, options: ['--user', 'nobody', '--group', 'nogroup'], command: ['cat'], env: quietSyslog });
     tlsd.proc.kill('SIGHUP');
-    await tlsd.waitFor(logLine(`tlsd: Reload failed, keeping the old key and certificate: Cannot read key file ${live.key} as user nobody (EACCES): add user nobody to group ${shared}, which may search the directory ${dir} (usermod -a -G ${shared} nobody)`), 10_000);
+    await tlsd.waitFor(logLine(`tlsd: Failed to load key or certificate: Cannot read key file ${live.key} as user nobody (EACCES): add user nobody to group ${shared}, which may search the directory ${dir} (usermod -a -G ${shared} nobody)`), 10_000);
     t.pass('the advice keeps the shared directory as it is');
   });
 
