@@ -144,8 +144,15 @@ function propertyValues(node: ts.Node, name: string): Template[] {
  * text that can reach them. Each must still exist.
  */
 const relays: Record<string, (sources: Map<string, ts.SourceFile>) => Template[]> = {
-  // BurstLog logs a line given to report(), then summaries its owner writes.
-  'src/burst-log.ts: line': (sources) => argumentsOf(sources, (node) => (ts.isCallExpression(node) && ts.isPropertyAccessExpression(node.expression) && node.expression.name.text === 'report' ? node.arguments[0] : undefined)),
+  // BurstLog logs a line given to report(), then summaries its owner writes. Refusals are such
+  // lines: their reasons, the daemon's and the listener's, are logged too.
+  'src/burst-log.ts: line': (sources) => [
+    ...argumentsOf(sources, (node) => (ts.isCallExpression(node) && ts.isPropertyAccessExpression(node.expression) && node.expression.name.text === 'report' ? node.arguments[0] : undefined)),
+    ...literalsUnder(declaration(sources, 'src/daemon/daemon.ts', 'refusal')),
+    ...literalsUnder(initializer(sources, 'src/daemon/listener.ts', 'refusal')),
+    ...literalsUnder(declaration(sources, 'src/daemon/listener.ts', 'descriptorShortage')).filter((template) => template.join('').includes(' ')), // not its file names and codes
+    ['too many handshakes in progress (', ')'],
+  ],
   'src/burst-log.ts: this.summary(this.more, Math.round(this.intervalMs / 1000), this.lastDetail)': (sources) =>
     argumentsOf(sources, (node) => (ts.isNewExpression(node) && node.expression.getText() === 'BurstLog' ? node.arguments?.[2] : undefined)),
   // Warnings identity.ts words, where the key file's mode and the files' readability are known.
@@ -171,11 +178,6 @@ const relays: Record<string, (sources: Map<string, ts.SourceFile>) => Template[]
  */
 const parts: Record<string, (sources: Map<string, ts.SourceFile>) => Template[]> = {
   'src/daemon/daemon.ts: verdict.refused': (sources) => propertyValues(declaration(sources, 'src/daemon/peer-check.ts', 'checkPeer'), 'refused'),
-  'src/daemon/daemon.ts: why': (sources) => literalsUnder(declaration(sources, 'src/daemon/daemon.ts', 'refusal')),
-  'src/daemon/listener.ts: refusal ?? `too many handshakes in progress (${maxHandshakes})`': (sources) => [
-    ...literalsUnder(initializer(sources, 'src/daemon/listener.ts', 'refusal')),
-    ...literalsUnder(declaration(sources, 'src/daemon/listener.ts', 'descriptorShortage')).filter((template) => template.join('').includes(' ')), // not its file names and codes
-  ],
 };
 
 /** The expressions in a message's `${…}`, all branches. */

@@ -2,7 +2,7 @@ import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
 import t, { type Test } from 'tap';
-import { attempt, cast, countMatches, quietSyslog, rawConnect, settledStatus, statusOf, waitUntil, watchClose, withDeadline, type CloseWatch } from './lib/limits-faults.js';
+import { attempt, cast, countMatches, quietSyslog, rawConnect, refusalsLogged, settledStatus, statusOf, waitUntil, watchClose, withDeadline, type CloseWatch } from './lib/limits-faults.js';
 import { startTlsd, type RunningTlsd } from './lib/tlsd.js';
 
 const { server, alice } = cast(t);
@@ -59,6 +59,11 @@ t.test('1,000 silent connections from 127.0.0.2 fill every handshake slot; a cli
   t.equal(closed(silent), attackers - slots, `${attackers - slots} are refused as they come`);
   t.ok(silent.slice(0, slots).every((s) => !s.watch.closed), `the first ${slots} hold every slot`);
   t.same(await settledStatus(tlsd, { peers: 0, handshakes: slots }), { peers: 0, handshakes: slots }, `SIGUSR1: ${slots} handshakes in progress`);
+  // A flood of refusals is counted, not listed: 50 lines in full, then one summary for the rest.
+  const refusedLines = (): number => countMatches(tlsd.stderr(), /: connection refused: too many handshakes in progress/);
+  t.equal(refusedLines(), 50, `${attackers - slots} refusals, 50 of them logged in full`);
+  await tlsd.waitFor(new RegExp(`${attackers - slots - 50} more connection\\(s\\) refused in the last 10 s, the last: 127\\.0\\.0\\.2:\\d+: connection refused: too many handshakes in progress \\(${slots}\\)`), 20_000);
+  t.equal(refusalsLogged(tlsd.stderr(), /connection refused: too many handshakes in progress/), attackers - slots, 'and the rest in one summary line, so that every refusal is counted');
 
   const client = await attempt(tlsd.port, alice, 'served anyway\n', 30_000);
   t.same({ secure: client.secure, data: client.data }, { secure: true, data: 'served anyway\n' }, 'the client from 127.0.0.1 completes its handshake and gets its child\'s output');

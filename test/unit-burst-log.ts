@@ -25,3 +25,18 @@ t.test('a burst: the first line in full, the rest counted in one line per interv
   log.flush();
   t.equal(lines.length, 4, 'once');
 });
+
+t.test('with room for three in full an interval: three lines, then a count, and room again next interval', async (t) => {
+  const lines: string[] = [];
+  const intervalMs = 50;
+  const log = new BurstLog({ warning: (line) => lines.push(line) }, intervalMs, (count, _seconds, last) => `${count} more, the last ${last}`, 3);
+  for (let i = 0; i < 10; i++) log.report(`event ${i}`, `d${i}`);
+  t.same(lines, ['event 0', 'event 1', 'event 2'], 'three in full at once, the others wait');
+  const deadline = Date.now() + 5_000;
+  while (lines.length < 4 && Date.now() < deadline) await sleep(10);
+  t.same(lines.slice(3), ['7 more, the last d9'], 'then one line counts them');
+  log.report('next interval', 'x');
+  t.equal(lines.at(-1), 'next interval', 'the next interval has room again');
+  log.flush();
+});
+

@@ -106,7 +106,7 @@ export class Daemon {
       refuse: () => this.refusal(),
       onSecure: (socket, remote) => {
         if (this.refusal() === undefined && this.peers.tryAcquire()) this.serve(socket, 'SERVER', remote, {});
-        else this.turnAway(socket, remote, this.refusal() ?? 'peer limit reached');
+        else this.listener.turnAway(socket, remote, this.refusal() ?? 'peer limit reached');
       },
     });
   }
@@ -205,11 +205,6 @@ export class Daemon {
     if (this.stopping) return 'shutting down';
     if (this.peers.size >= this.peers.max) return `peer limit reached (${this.peers.max})`;
     return undefined;
-  }
-
-  private turnAway(socket: TLSSocket, remote: string, why: string): void {
-    this.options.log.warning(`${remote}: connection refused: ${why}`);
-    socket.destroy();
   }
 
   private async readDialLines(input: Readable): Promise<void> {

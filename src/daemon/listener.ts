@@ -31,6 +31,12 @@ export interface ListenerOptions {
 const LISTEN_BACKLOG = 4096;
 /** Evictions after the first of a burst are told in one line per this interval. */
 const EVICTION_SUMMARY_MS = 10_000;
+/**
+ * Refusals of one kind logged in full per interval: enough for every refusal of an ordinary
+ * burst to name its peer, few enough that a flood (a TCP handshake per line, thousands a second)
+ * costs a few lines a second and cannot drown, or rate-limit away, everything else in the log.
+ */
+const REFUSALS_IN_FULL = 50;
 
 /**
  * Accepts TCP connections and runs their TLS handshakes. Connections over a limit are closed
@@ -45,6 +51,8 @@ export class Listener {
   private readonly slots: HandshakeSlots<Socket>;
   /** One client can cause an eviction per connection it opens: told in full once, then counted. */
   private readonly evictions: BurstLog;
+  /** And a refusal: the first REFUSALS_IN_FULL of each kind an interval told in full, then counted. */
+  private readonly refusals = new Map<string, BurstLog>();
   /** Open connections per address group, kept only with a per-address limit. */
   private readonly perAddress = new Map<string, number>();
 
@@ -120,6 +128,22 @@ export class Listener {
   close(): void {
     for (const server of this.tcp) server.close();
     this.evictions.flush();
+    for (const refusals of this.refusals.values()) refusals.flush();
+  }
+
+  /**
+   * Closes a connection over a limit (here, or the daemon's once it is secure) with a log line; of
+   * each kind of refusal (its words before any number or address), a flood is counted, not listed.
+   */
+  turnAway(socket: Socket, remote: string, why: string): void {
+    const kind = why.replace(/ (from|\().*$/, '');
+    let refusals = this.refusals.get(kind);
+    if (!refusals) {
+      refusals = new BurstLog(this.options.log, EVICTION_SUMMARY_MS, (count, seconds, last) => `${count} more connection(s) refused in the last ${seconds} s, the last: ${last}`, REFUSALS_IN_FULL);
+      this.refusals.set(kind, refusals);
+    }
+    refusals.report(`${remote}: connection refused: ${why}`, `${remote}: connection refused: ${why}`);
+    socket.destroy();
   }
 
   private accept(socket: Socket): void {
@@ -135,8 +159,7 @@ export class Listener {
     // Fairness between networks, not hosts: an IPv6 /48, whose 65,536 /64s outnumber the slots.
     const admission = refusal === undefined ? this.slots.admit(socket, addressGroup(socket.remoteAddress ?? '', 48)) : undefined;
     if (!admission?.admitted) {
-      this.options.log.warning(`${remote}: connection refused: ${refusal ?? `too many handshakes in progress (${maxHandshakes})`}`);
-      socket.destroy();
+      this.turnAway(socket, remote, refusal ?? `too many handshakes in progress (${maxHandshakes})`);
       return;
     }
     if (admission.evicted) this.evict(admission.evicted, remote);

@@ -82,6 +82,21 @@ export function countMatches(text: string, pattern: RegExp): number {
   return text.match(new RegExp(pattern.source, pattern.flags.includes('g') ? pattern.flags : `${pattern.flags}g`))?.length ?? 0;
 }
 
+/**
+ * How many refusals of `reason` tlsd logged: each line in full, and each summary (`N more
+ * connection(s) refused …, the last: … connection refused: REASON`) for its N, since a flood of
+ * one kind is counted rather than listed.
+ */
+export function refusalsLogged(text: string, reason: RegExp): number {
+  let total = 0;
+  for (const line of text.split('\n')) {
+    if (!reason.test(line)) continue;
+    const summary = /(\d+) more connection\(s\) refused in the last/.exec(line);
+    total += summary ? Number(summary[1]) : 1;
+  }
+  return total;
+}
+
 /** Files in `dir` whose names start with `prefix`: one marker per child that got that far. */
 export function markers(dir: string, prefix: string): string[] {
   return readdirSync(dir).filter((name) => name.startsWith(prefix));

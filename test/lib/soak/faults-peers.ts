@@ -2,7 +2,7 @@ import { execFileSync } from 'node:child_process';
 import { createServer, connect as netConnect, type AddressInfo, type Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { SoakCase } from './case.js';
-import { countMatches } from '../limits-faults.js';
+import { countMatches, refusalsLogged } from '../limits-faults.js';
 import { eventually, settle, status } from './daemon.js';
 import { zooTlsd } from './faults-children.js';
 import { awaitEnded, labelOf, saidOf, sessionEnded, story } from './peer-log.js';
@@ -41,7 +41,7 @@ export const peersReset: SoakCase = {
     });
     ctx.tries += count;
     ctx.sessionFailures += turnedAway.length;
-    const limitHits = countMatches(tlsd.stderr(), /connection refused: peer limit reached/);
+    const limitHits = refusalsLogged(tlsd.stderr(), /connection refused: peer limit reached/);
     ctx.check(turnedAway.length === 0, 'no peer is turned away while others reset (8 at a time, 64 slots)', `${turnedAway.length} of ${count} could not even start; tlsd logged ${limitHits} "peer limit reached": the slots of reset sessions are not given back`);
     reportCanary(ctx, await others.stop());
     // Nobody else is connected now: tlsd's table must empty once the reset sessions are over.
