@@ -98,7 +98,7 @@ t.test('a spawn helper that gets a malformed request leaves; tlsd logs it, and t
   t.pass('the helper says why it leaves');
   // The wrapper's shell outlives the helper until tlsd's first request breaks its pipe.
   t.equal(await exchange(tlsd.port, alice, ''), '', 'the child asked of the gone helper never runs');
-  await tlsd.waitFor(/spawn helper exited with status 3; the exit status of 1 children is lost; the next child starts a new one/);
+  await tlsd.waitFor(/spawn helper exited with status 3; the exit status of 1 children is lost, and they get no signal from tlsd; the next child starts a new one/);
   t.pass('tlsd logs that the helper left');
   const next = Object.fromEntries(keyValues(await exchange(tlsd.port, alice, '')));
   t.ok(isSpawnHelper(Number(next.ppid)), 'the next child comes from a new helper');

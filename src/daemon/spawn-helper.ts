@@ -157,7 +157,12 @@ export class SpawnHelper {
       throw error;
     }
     this.helper = helper;
-    helper.once('exit', (code, signal) => this.helperGone(helper, code, signal));
+    // What it reported before it died is still on the channel: read to its end first, so that a
+    // child it started is not taken for one that failed to.
+    helper.once('exit', (code, signal) => {
+      if (helper.connected) helper.once('disconnect', () => this.helperGone(helper, code, signal));
+      else this.helperGone(helper, code, signal);
+    });
     (helper.stdin as unknown as Socket | null)?.unref();
     this.holdWhileChildren();
   }
@@ -209,7 +214,9 @@ export class SpawnHelper {
     if (this.helper !== helper) return;
     this.helper = undefined;
     this.starting = undefined;
-    const lost = this.children.size > 0 ? `; the exit status of ${this.children.size} children is lost` : '';
+    // Its children run on, out of tlsd's reach: their pids may be reused once they exit, so tlsd
+    // sends them nothing (no -s, no shutdown signal); their sessions end with their stdio.
+    const lost = this.children.size > 0 ? `; the exit status of ${this.children.size} children is lost, and they get no signal from tlsd` : '';
     this.options.log.error(`spawn helper ${describeExit(code, signal)}${lost}; the next child starts a new one`);
     for (const child of this.children.values()) {
       child.fail(new Error('the spawn helper exited'));
