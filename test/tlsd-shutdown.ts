@@ -1,18 +1,19 @@
 // A graceful shutdown ends within a bounded time once every child has exited, whatever the peers
 // do: here peers that never close their side, children whose stdio ends before tlsd knows their
 // pid, a child still starting when SIGTERM comes, and a process a child left holding its stdout.
+import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
-import { connectTls, readAll } from './lib/client.js';
+import { connectTls, exchange, readAll } from './lib/client.js';
 import { heldSpawnHelper } from './lib/held-helper-build.js';
 import { tempDir } from './lib/identity.js';
 import { resettable } from './lib/lifecycle.js';
 import { cast, childrenOf, countMatches, quietSyslog, readUntil, withDeadline } from './lib/limits-faults.js';
 import { startTlsd, type RunningTlsd } from './lib/tlsd.js';
 
-const { server, alice } = cast(t);
+const { server, alice, bob } = cast(t);
 
 /**
  * At shutdown a peer has one second to close its side once its child has exited and the output is
@@ -138,3 +139,32 @@ t.test('SIGTERM once a child has exited, leaving a process that holds its stdout
   t.equal(await withDeadline(tlsd.exited, 20_000, 'tlsd exits within the ten-second linger'), 0, 'exit status 0');
   t.equal((await withDeadline(reply, 5_000, 'the peer sees the connection end')).toString(), `${leftBehind}\n`, 'what the child wrote was delivered');
 });
+
+t.test("a peer that reads none of an exited child's output gives its slot back", async (t) => {
+  // The child's 3 MB fit in tlsd's buffers and the kernel's, so it exits; the peer (a tiny
+  // receive buffer, never read) acknowledges nothing more, and some output stays with tlsd.
+  const tlsd = await startTlsd(t, { identity: server, options: ['--max-peers', '1'], command: ['head', '-c', '3000000', '/dev/zero'], env: quietSyslog });
+  const stalled = spawn('/usr/bin/python3', ['-c', STALLED_PEER, String(tlsd.port), alice.key, alice.cert], { stdio: ['ignore', 'pipe', 'inherit'] });
+  t.teardown(() => void stalled.kill('SIGKILL'));
+  await withDeadline(once(stalled.stdout!, 'data'), 10_000, 'the stalled peer connects');
+  await tlsd.waitFor(/Process \d+ has exited with status 0/, 15_000);
+  await tlsd.waitFor(/: the peer took none of its child's output for 10 s after the child exited; connection closed/, 30_000);
+  await tlsd.waitFor(/session ended/, 5_000);
+  t.pass('the session ends');
+  t.equal(await exchange(tlsd.port, bob, ''), '\0'.repeat(3_000_000), 'the only peer slot is free again');
+});
+
+/** A TLS client with a 4 KiB receive buffer that never reads: argv port, key, certificate. */
+const STALLED_PEER = `
+import socket, ssl, sys, time
+raw = socket.socket()
+raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+raw.connect(("127.0.0.1", int(sys.argv[1])))
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+context.check_hostname = False
+context.verify_mode = ssl.CERT_NONE
+context.load_cert_chain(sys.argv[3], sys.argv[2])
+tls = context.wrap_socket(raw)
+print("connected", flush=True)
+time.sleep(120)
+`;

@@ -52,6 +52,8 @@ export class Session implements ChildEvents {
   private shuttingDown = false;
   /** Closes the connection once our side is over (see lingerIfDone); none while the child runs. */
   private linger: { timer: NodeJS.Timeout; at: number } | undefined;
+  /** Once the child has exited with output still to deliver: checks that the peer takes it. */
+  private stallWatch: NodeJS.Timeout | undefined;
   private finished = false;
 
   /**
@@ -205,6 +207,8 @@ export class Session implements ChildEvents {
     this.socketClosed = true;
     clearTimeout(this.linger?.timer);
     this.linger = undefined;
+    clearInterval(this.stallWatch);
+    this.stallWatch = undefined;
     this.cutOffChild();
     if (!this.childRunning && !this.childStarting) this.releaseChild();
     this.finishIfDone();
@@ -284,12 +288,34 @@ export class Session implements ChildEvents {
    */
   private lingerIfDone(): void {
     if (this.socketClosed || this.childRunning || this.childStarting) return;
-    if (!this.outputFlushed && !this.shuttingDown) return;
+    if (!this.outputFlushed && !this.shuttingDown) {
+      this.watchForStall();
+      return;
+    }
     const ms = this.outputFlushed && this.shuttingDown ? SHUTDOWN_LINGER_MS : LINGER_MS;
     const at = Date.now() + ms;
     if (this.linger && this.linger.at <= at) return;
     clearTimeout(this.linger?.timer);
     this.linger = { timer: setTimeout(() => this.socket.destroy(), ms).unref(), at };
+  }
+
+  /**
+   * The child has exited, its output is not all delivered: a peer that reads none of it (its
+   * kernel still acknowledging, so keepalive never fails) would otherwise hold its peer slot for
+   * good. Stalled means tlsd has output waiting for the peer (writableNeedDrain) and none of it
+   * went out for LINGER_MS; a process the child left behind that is merely silent is no stall.
+   */
+  private watchForStall(): void {
+    if (this.stallWatch) return;
+    const { socket } = this;
+    let sent = socket.bytesWritten;
+    this.stallWatch = setInterval(() => {
+      if (socket.writableNeedDrain && socket.bytesWritten === sent) {
+        this.options.log.info(`${this.label}: the peer took none of its child's output for ${LINGER_MS / 1000} s after the child exited; connection closed`);
+        socket.destroy();
+      }
+      sent = socket.bytesWritten;
+    }, LINGER_MS).unref();
   }
 
   private finishIfDone(): void {
