@@ -1,13 +1,14 @@
-import { execFileSync } from 'node:child_process';
-import { chmodSync, chownSync, closeSync, constants, linkSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, readSync, statSync, symlinkSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
-import { join } from 'node:path';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { chmodSync, chownSync, closeSync, constants, linkSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, renameSync, statSync, symlinkSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
+import { basename, join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import t from 'tap';
 import { std2fifo } from '../src/helpers/std2fifo.js';
 import { Logger, type Severity } from '../src/logger.js';
 import { tempDir } from './lib/identity.js';
-import { appears, startStd2fifo, type Running } from './lib/std2fifo.js';
+import { appears, openFiles, shell, started, startStd2fifo, type Running } from './lib/std2fifo.js';
+import { bin, type Teardown } from './lib/tlsd.js';
 
 /*
  * A local attacker in the FIFO directory's group (or another user) swaps what std2fifo opens by
@@ -64,9 +65,9 @@ function hasReader(path: string): boolean {
   }
 }
 
-/** Makes a FIFO as the attacker would (Node has no mkfifo). */
-function mkfifo(path: string): void {
-  execFileSync('mkfifo', ['-m', '0666', '--', path]);
+/** Makes a FIFO as the attacker would (Node has no mkfifo); 0666 unless `mode` says otherwise. */
+function mkfifo(path: string, mode = '0666'): void {
+  execFileSync('mkfifo', ['-m', mode, '--', path]);
 }
 
 /** How many bytes a non-blocking FIFO reader can read now (none written: EOF or EAGAIN). */
@@ -77,18 +78,6 @@ function waiting(fd: number): number {
     if ((error as NodeJS.ErrnoException).code === 'EAGAIN') return 0;
     throw error;
   }
-}
-
-/** What the descriptors of process `pid` point to. */
-function openFiles(pid: number | string): string[] {
-  const dir = `/proc/${pid}/fd`;
-  return readdirSync(dir).flatMap((fd) => {
-    try {
-      return [readlinkSync(join(dir, fd))];
-    } catch {
-      return []; // closed meanwhile (readdir's own descriptor)
-    }
-  });
 }
 
 type Swap = (path: string) => Promise<{ kind: RegExp; target?: string }>;
@@ -142,7 +131,7 @@ t.test('out swapped before a message (message mode): refused, nothing written, t
       const name = freshName();
       const outPath = join(root, name, 'out');
       const s2f = startStd2fifo(t, ['-e', root], { SHA256: name });
-      await appears(outPath);
+      await started(s2f, join(root, name));
       const { kind, target } = await swap(outPath);
       // The attacker reads the FIFO elsewhere, so a write to it would succeed.
       const spy = target && statSync(target).isFIFO() ? openSync(target, constants.O_RDONLY | constants.O_NONBLOCK) : undefined;
@@ -161,8 +150,8 @@ t.test("out made a second name of another peer's out: refused", async (t) => {
   const [victim, other] = [freshName(), freshName()];
   const s2f = startStd2fifo(t, ['-e', root], { SHA256: victim });
   const neighbour = startStd2fifo(t, ['-e', root], { SHA256: other });
-  await appears(join(root, victim, 'out'));
-  await appears(join(root, other, 'out'));
+  await started(s2f, join(root, victim));
+  await started(neighbour, join(root, other));
   unlinkSync(join(root, victim, 'out'));
   linkSync(join(root, other, 'out'), join(root, victim, 'out'));
   const reader = openSync(join(root, other, 'out'), constants.O_RDONLY | constants.O_NONBLOCK);
@@ -173,6 +162,136 @@ t.test("out made a second name of another peer's out: refused", async (t) => {
   t.equal(waiting(reader), 0, "the other peer's out got nothing");
   neighbour.proc.stdin?.end();
   t.equal(await neighbour.exited, 0, 'the other session is unaffected');
+});
+
+/*
+ * The peer directory itself swapped: renamed away and a symbolic link to another directory put in
+ * its place, one that holds a FIFO std2fifo would accept on its own (std2fifo's user's, one name,
+ * 0600), as a root-only FIFO elsewhere on the system is when std2fifo runs as root. std2fifo opens
+ * its FIFOs through the directory it checked at start, so the FIFO elsewhere is never opened, and
+ * the swap ends the session with one line rather than leave the peer talking into a directory no
+ * local program finds by name any more.
+ */
+t.test('the peer directory swapped for a link to another directory: nothing crosses, the session ends', async (t) => {
+  /** Moves `dir` aside and links its name to a new directory with a FIFO `which` of our own, 0600. */
+  const swapDir = (dir: string, which: 'in' | 'out'): string => {
+    const elsewhere = join(root, `elsewhere-${++names}`);
+    mkdirSync(elsewhere, { mode: 0o700 });
+    mkfifo(join(elsewhere, which), '0600');
+    renameSync(dir, `${dir}.old`);
+    symlinkSync(elsewhere, dir);
+    return join(elsewhere, which);
+  };
+  const refusal = (dir: string): RegExp => new RegExp(`^std2fifo: refusing ${dir}: it is a symbolic link now, not the directory std2fifo opened at start; ending the session$`, 'm');
+
+  await t.test('before a message (out)', async (t) => {
+    const name = freshName();
+    const dir = join(root, name);
+    const s2f = startStd2fifo(t, ['-e', root], { SHA256: name });
+    await appears(join(dir, 'out'));
+    const local = shell(t, 'cat "$1"', join(dir, 'out'));
+    s2f.proc.stdin?.write('first\n');
+    t.equal(await local.exited, 0);
+    t.equal(local.stdout().toString(), 'first\n', 'out works before the swap');
+    const target = swapDir(dir, 'out');
+    // Someone reads the FIFO elsewhere, so a write to it would succeed.
+    const spy = openSync(target, constants.O_RDONLY | constants.O_NONBLOCK);
+    t.teardown(() => closeSync(spy));
+    s2f.proc.stdin?.write('second, for the peer directory only\n');
+    t.equal(await exitWithin(s2f, 10_000), 1, 'the session ends with status 1 (its stdin is still open)');
+    t.match(s2f.stderr(), refusal(dir), 'one clear line');
+    t.equal(s2f.stderr().match(/refusing/g)?.length, 1, 'only one');
+    t.equal(waiting(spy), 0, 'the FIFO elsewhere got nothing');
+  });
+
+  await t.test('between two writers (in)', async (t) => {
+    const name = freshName();
+    const dir = join(root, name);
+    const s2f = startStd2fifo(t, ['-e', root], { SHA256: name });
+    await appears(join(dir, 'out'));
+    const writer = await openWriter(join(dir, 'in'));
+    writeSync(writer, 'before\n');
+    t.equal((await s2f.stdoutLength(7)).toString(), 'before\n', 'in works before the swap');
+    const target = swapDir(dir, 'in');
+    // The FIFO elsewhere holds a secret: read, it would go to the peer.
+    const secret = openSync(target, constants.O_RDWR | constants.O_NONBLOCK);
+    t.teardown(() => closeSync(secret));
+    writeSync(secret, 'secret\n');
+    closeSync(writer); // the end of `in`: std2fifo opens it again
+    t.equal(await exitWithin(s2f, 10_000), 1, 'the session ends with status 1');
+    t.match(s2f.stderr(), refusal(dir), 'one clear line');
+    t.equal(s2f.stdout().toString(), 'before\n', 'nothing from the FIFO elsewhere reached the peer');
+    t.equal(waiting(secret), 7, 'the secret is still in the FIFO elsewhere: nobody read it');
+  });
+});
+
+/*
+ * Another peer's FIFO renamed over this peer's (same owner, one name, the same mode): nothing in
+ * its stat tells it apart, only its inode. std2fifo keeps to the FIFOs it made or found at start.
+ */
+t.test("another peer's FIFO moved over this peer's: refused (another inode)", async (t) => {
+  const refusal = (path: string): RegExp => new RegExp(`^std2fifo: refusing ${path}: it is another FIFO now, not the one std2fifo made or found at start; ending the session$`, 'm');
+  /** This peer's session and directory, and another peer's directory (its std2fifo runs too). */
+  const pair = async (t: Teardown): Promise<{ victim: Running; mine: string; theirs: string }> => {
+    const [mine, theirs] = [join(root, freshName()), join(root, freshName())];
+    const victim = startStd2fifo(t, ['-e', root], { SHA256: basename(mine) });
+    await started(victim, mine);
+    await started(startStd2fifo(t, ['-e', root], { SHA256: basename(theirs) }), theirs);
+    return { victim, mine, theirs };
+  };
+
+  await t.test('out', async (t) => {
+    const { victim, mine, theirs } = await pair(t);
+    // The other peer's local reader, holding its out.
+    const reader = openSync(join(theirs, 'out'), constants.O_RDONLY | constants.O_NONBLOCK);
+    t.teardown(() => closeSync(reader));
+    renameSync(join(theirs, 'out'), join(mine, 'out'));
+    victim.proc.stdin?.write('for this peer only\n');
+    t.equal(await exitWithin(victim, 10_000), 1, 'the session ends with status 1');
+    t.match(victim.stderr(), refusal(join(mine, 'out')), 'one clear line');
+    t.equal(waiting(reader), 0, "the other peer's reader got nothing");
+  });
+
+  await t.test('in', async (t) => {
+    const { victim, mine, theirs } = await pair(t);
+    const writer = await openWriter(join(mine, 'in'));
+    writeSync(writer, 'before\n');
+    t.equal((await victim.stdoutLength(7)).toString(), 'before\n', 'in works before the move');
+    renameSync(join(theirs, 'in'), join(mine, 'in'));
+    closeSync(writer); // std2fifo opens in again, and finds the other peer's
+    t.equal(await exitWithin(victim, 10_000), 1, 'the session ends with status 1');
+    t.match(victim.stderr(), refusal(join(mine, 'in')), 'one clear line');
+    t.equal(victim.stdout().toString(), 'before\n');
+  });
+});
+
+t.test("out removed, a new FIFO of std2fifo's user moved in: never the same inode number, refused", async (t) => {
+  // File systems such as ext4 give a new file the inode number just freed: a FIFO std2fifo's user
+  // makes next (another std2fifo, for a new peer) would get it, and a group member could move that
+  // one in. std2fifo holds the FIFOs it took, so their numbers are not freed while it runs.
+  const name = freshName();
+  const out = join(root, name, 'out');
+  const s2f = startStd2fifo(t, ['-e', root], { SHA256: name });
+  await appears(out);
+  const writer = await openWriter(join(root, name, 'in'));
+  writeSync(writer, 'started\n');
+  t.equal((await s2f.stdoutLength(8)).toString(), 'started\n', 'std2fifo is past its start');
+  closeSync(writer);
+  const { ino } = statSync(out, { bigint: true });
+  unlinkSync(out);
+  // Made in the same directory, as ext4 allocates near the parent: the likeliest to get it.
+  const candidates = Array.from({ length: 20 }, (_, i) => join(root, name, `new-${i}`));
+  for (const candidate of candidates) mkfifo(candidate, '0640');
+  const recycled = candidates.find((candidate) => statSync(candidate, { bigint: true }).ino === ino);
+  t.equal(recycled, undefined, 'no new FIFO got the number of the one std2fifo holds');
+  const candidate = recycled ?? candidates[0]!; // the one that got it, if any: the worst to move in
+  renameSync(candidate, out);
+  const reader = openSync(out, constants.O_RDONLY | constants.O_NONBLOCK);
+  t.teardown(() => closeSync(reader));
+  s2f.proc.stdin?.write('for this peer only\n');
+  t.equal(await exitWithin(s2f, 10_000), 1, 'the session ends with status 1');
+  t.match(s2f.stderr(), new RegExp(`^std2fifo: refusing ${out}: it is another FIFO now, not the one std2fifo made or found at start; ending the session$`, 'm'), 'one clear line');
+  t.equal(waiting(reader), 0, 'the FIFO moved in got nothing');
 });
 
 t.test('what exists already is used only if it is safe', { skip: asRoot ? false : 'making files owned by another user needs root' }, async (t) => {
@@ -248,6 +367,23 @@ t.test('what exists already is used only if it is safe', { skip: asRoot ? false 
     s2f.proc.stdin?.end();
     t.equal(await s2f.exited, 0);
   });
+});
+
+const canHideProc = asRoot && spawnSync('unshare', ['-m', 'true']).status === 0;
+
+t.test('without /proc: one clear line at start, exit 1', { skip: canHideProc ? false : 'hiding /proc needs root and a mount namespace (unshare -m)' }, async (t) => {
+  // std2fifo reaches its FIFOs only through /proc/self/fd/N: with no /proc it must not run at all.
+  const name = freshName();
+  const script = 'mount -t tmpfs none /proc && exec "$@"';
+  const result = spawnSync('unshare', ['-m', 'sh', '-c', script, 'sh', process.execPath, bin('std2fifo'), root], {
+    env: { ...process.env, SHA256: name, TLSD_SYSLOG_SOCKET: '/nonexistent/tlsd-test-log' },
+    input: 'message from the peer\n',
+    encoding: 'utf8',
+    timeout: 10_000,
+  });
+  t.equal(result.status, 1);
+  t.equal(result.stderr, `std2fifo: cannot reach ${join(root, name)} through /proc/self/fd: std2fifo opens its FIFOs through the directory's descriptor, which needs Linux's /proc\n`);
+  t.same(readdirSync(join(root, name)), [], 'no FIFO made');
 });
 
 /** A logger that keeps its lines, for the in-process run below. */

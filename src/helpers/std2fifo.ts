@@ -3,7 +3,7 @@ import { addAbortSignal, type Readable, type Writable } from 'node:stream';
 import type { Logger } from '../logger.js';
 import { reason } from '../reason.js';
 import { Refused } from './fifo-checks.js';
-import { prepareFifoDir } from './fifo-dir.js';
+import { FifoDir, type PeerFifo } from './fifo-dir.js';
 import { openFifoReader, openFifoWriter, writeChunk } from './fifo-open.js';
 
 export interface Std2fifoOptions {
@@ -25,27 +25,38 @@ export interface Std2fifoOptions {
  * closed after it, and `in` is reopened whenever its writers have all closed. In continuous mode
  * `out` is opened once and kept, and the end of `in` ends `output`. A FIFO that cannot be opened
  * (fifo-checks.ts refuses it, or it is gone) ends the session with status 1.
+ *
+ * std2fifo never removes or remakes a FIFO or the directory: they stay for the peer's next session.
+ * It makes them only at start, so a FIFO that is not the one it took then is never its own doing.
  */
 export async function std2fifo(options: Std2fifoOptions): Promise<number> {
+  const dir = FifoDir.prepare(options.root, options.name);
+  try {
+    return await session(dir, options);
+  } finally {
+    dir.close();
+  }
+}
+
+async function session(dir: FifoDir, options: Std2fifoOptions): Promise<number> {
   const { log, output } = options;
-  const paths = prepareFifoDir(options.root, options.name);
   const ended = new AbortController();
-  const inbound = new Inbound(paths.in, output, options.continuous, log, (error) => ended.abort(error));
+  const inbound = new Inbound(dir.in, output, options.continuous, log, (error) => ended.abort(error));
   const input = addAbortSignal(ended.signal, options.input);
   let writer: Socket | undefined;
   let status = 0;
   try {
     for await (const chunk of input as AsyncIterable<Buffer>) {
       if (options.continuous) {
-        writer ??= await openFifoWriter(paths.out, ended.signal);
+        writer ??= await openFifoWriter(dir.out, ended.signal);
         await writeChunk(writer, chunk, ended.signal);
         continue;
       }
-      await deliverMessage(paths.out, chunk, log, ended.signal);
+      await deliverMessage(dir.out, chunk, log, ended.signal);
     }
   } catch (error) {
     // Ended by Inbound, which said why; or by `out`.
-    if (!ended.signal.aborted) log.error(endOfSession(paths.out, error));
+    if (!ended.signal.aborted) log.error(endOfSession(dir.out, error));
     status = 1;
   } finally {
     writer?.destroy();
@@ -56,8 +67,8 @@ export async function std2fifo(options: Std2fifoOptions): Promise<number> {
 }
 
 /** The line that ends a session on a FIFO's failure; a refusal names its path itself. */
-function endOfSession(path: string, error: unknown): string {
-  return `${error instanceof Refused ? error.message : `${path}: ${reason(error)}`}; ending the session`;
+function endOfSession(fifo: PeerFifo, error: unknown): string {
+  return `${error instanceof Refused ? error.message : `${fifo.path}: ${reason(error)}`}; ending the session`;
 }
 
 /**
@@ -67,9 +78,9 @@ function endOfSession(path: string, error: unknown): string {
  * reader. (What such a reader cannot make fail is a write that lands in the pipe before it closes;
  * readers avoid that by keeping `out` open across messages, see std2fifo(1).)
  */
-async function deliverMessage(path: string, chunk: Buffer, log: Logger, signal: AbortSignal): Promise<void> {
+async function deliverMessage(fifo: PeerFifo, chunk: Buffer, log: Logger, signal: AbortSignal): Promise<void> {
   for (let attempt = 1; ; attempt++) {
-    const message = await openFifoWriter(path, signal);
+    const message = await openFifoWriter(fifo, signal);
     try {
       await writeChunk(message, chunk, signal);
       return;
@@ -77,7 +88,7 @@ async function deliverMessage(path: string, chunk: Buffer, log: Logger, signal: 
       if (signal.aborted) throw error;
       const code = (error as NodeJS.ErrnoException).code;
       if (code !== 'EPIPE' || attempt === MESSAGE_ATTEMPTS) {
-        log.warning(`${path}: ${reason(error)}; a message of ${chunk.length} bytes was not delivered`);
+        log.warning(`${fifo.path}: ${reason(error)}; a message of ${chunk.length} bytes was not delivered`);
         return;
       }
     } finally {
@@ -95,10 +106,12 @@ const MESSAGE_ATTEMPTS = 3;
 class Inbound {
   private current: Socket | undefined;
   private ended = false;
+  /** After stop() nothing opens `in` again: the directory's descriptor is about to be closed. */
+  private stopped = false;
   private made: Writable | undefined;
 
   constructor(
-    private readonly path: string,
+    private readonly fifo: PeerFifo,
     private readonly makeOutput: () => Writable,
     private readonly continuous: boolean,
     private readonly log: Logger,
@@ -108,6 +121,7 @@ class Inbound {
   }
 
   stop(): void {
+    this.stopped = true;
     this.current?.destroy();
     this.current = undefined;
   }
@@ -124,16 +138,17 @@ class Inbound {
   }
 
   private reopen(): void {
+    if (this.stopped) return;
     try {
       this.open();
     } catch (error) {
-      this.log.error(endOfSession(this.path, error));
+      this.log.error(endOfSession(this.fifo, error));
       this.end(error);
     }
   }
 
   private open(): void {
-    const socket = openFifoReader(this.path);
+    const socket = openFifoReader(this.fifo);
     this.current = socket;
     socket.on('data', (chunk: Buffer) => {
       if (!this.output.write(chunk)) {
@@ -144,7 +159,7 @@ class Inbound {
     socket.once('end', () => {
       if (this.current !== socket) return;
       if (this.continuous) {
-        this.log.info(`${this.path}: end of stream`);
+        this.log.info(`${this.fifo.path}: end of stream`);
         this.ended = true;
         this.current = undefined;
         endOutput(this.output, this.log);
@@ -157,7 +172,7 @@ class Inbound {
     });
     socket.on('error', (error) => {
       if (this.current !== socket) return;
-      this.log.error(`${this.path}: ${reason(error)}`);
+      this.log.error(`${this.fifo.path}: ${reason(error)}`);
       this.current = undefined;
       socket.destroy();
       if (!this.continuous) setTimeout(() => this.current === undefined && !this.ended && this.reopen(), 100).unref();

@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync, readlinkSync } from 'node:fs';
+import { join } from 'node:path';
 import { bin, type Teardown } from './tlsd.js';
 
 export interface Running {
@@ -74,4 +75,28 @@ export function killGroup(proc: ChildProcess): void {
 export async function appears(path: string): Promise<void> {
   for (let i = 0; i < 200 && !existsSync(path); i++) await new Promise((resolve) => setTimeout(resolve, 50));
   if (!existsSync(path)) throw new Error(`${path} did not appear`);
+}
+
+/** What the descriptors of process `pid` point to. */
+export function openFiles(pid: number | string): string[] {
+  const dir = `/proc/${pid}/fd`;
+  return readdirSync(dir).flatMap((fd) => {
+    try {
+      return [readlinkSync(join(dir, fd))];
+    } catch {
+      return []; // closed meanwhile (readdir's own descriptor)
+    }
+  });
+}
+
+/**
+ * Resolves once std2fifo's start is over: it holds the `out` FIFO in `dir`, the last thing it
+ * takes. (That `out` exists says only that it was made: a swap then would meet the start's checks,
+ * not a later open's.) Polls for at most 10 s.
+ */
+export async function started(running: Running, dir: string): Promise<void> {
+  const out = join(dir, 'out');
+  const holds = (): boolean => running.proc.pid !== undefined && openFiles(running.proc.pid).includes(out);
+  for (let i = 0; i < 200 && !holds(); i++) await new Promise((resolve) => setTimeout(resolve, 50));
+  if (!holds()) throw new Error(`std2fifo did not take ${out} within 10 s; stderr: ${running.stderr()}`);
 }
