@@ -146,6 +146,13 @@ export class Listener {
   private accept(socket: Socket): void {
     const remote = formatAddress(socket.remoteAddress, socket.remotePort);
     const { maxHandshakes, maxPerAddress, trustedProxies } = this.options;
+    // Reset before tlsd could ask who it was: neither trusted nor not, and nobody to serve. This
+    // is what a balancer's health checks look like when they beat the event loop (HAProxy resets
+    // each check once connected), so a line for each would flood the log.
+    if (trustedProxies && socket.remoteAddress === undefined) {
+      socket.destroy();
+      return;
+    }
     // A balancer's connections are its clients': counted per address once the header names them.
     const fromBalancer = trustedProxies?.has(socket.remoteAddress) ?? false;
     const group = addressGroup(socket.remoteAddress ?? '');
