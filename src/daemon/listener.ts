@@ -47,6 +47,8 @@ interface Pending {
   deadline: NodeJS.Timeout;
   /** Still reading what comes before TLS. */
   reading: boolean;
+  /** From an --accept-proxy address: a PROXY header comes first. */
+  fromBalancer: boolean;
 }
 
 // Large enough that a burst of connections is queued by the kernel, not dropped.
@@ -175,8 +177,8 @@ export class Listener {
       return;
     }
     const deadline = setTimeout(() => this.expire(socket), this.options.handshakeTimeoutMs);
-    this.pending.set(socket, { label: remote, deadline, reading: true });
-    readPreamble(socket, fromBalancer, (preamble) => this.preambleRead(socket, remote, fromBalancer, preamble));
+    this.pending.set(socket, { label: remote, deadline, reading: true, fromBalancer });
+    readPreamble(socket, fromBalancer, (preamble) => this.preambleRead(socket, preamble));
   }
 
   /** Counts an open connection against its address group's --max-per-ip, until it closes. */
@@ -197,17 +199,18 @@ export class Listener {
    * balancer, one client sending many connections through it would keep every other client of
    * the balancer from a slot. The move cannot fail, as it gives back the slot it takes.
    */
-  private preambleRead(socket: Socket, remote: string, fromBalancer: boolean, preamble: Preamble): void {
+  private preambleRead(socket: Socket, preamble: Preamble): void {
     const pending = this.pending.get(socket);
     // Evicted or past its deadline meanwhile: it is closed, and was logged.
     if (!pending || !this.slots.holds(socket)) return;
     pending.reading = false;
+    const remote = pending.label;
     const { log, maxPerAddress } = this.options;
     if (!('proxied' in preamble || 'direct' in preamble)) {
       this.release(socket);
       // A balancer's own connection is a health check, every few seconds: not worth a line. A
       // header the balancer gets wrong is a set-up to fix; one from a stranger, anyone's doing.
-      if ('refused' in preamble) log.log(fromBalancer ? 'warning' : 'info', `${remote}: connection refused: ${preamble.refused}`);
+      if ('refused' in preamble) log.log(pending.fromBalancer ? 'warning' : 'info', `${remote}: connection refused: ${preamble.refused}`);
       else if ('gone' in preamble) log.info(`${remote}: ${preamble.gone}`);
       socket.destroy();
       return;
@@ -237,8 +240,7 @@ export class Listener {
     const label = this.release(socket);
     if (label === undefined) return;
     const seconds = Math.round(this.options.handshakeTimeoutMs / 1000);
-    const fromBalancer = this.options.trustedProxies?.has(socket.remoteAddress) ?? false;
-    if (pending?.reading && fromBalancer) this.options.log.warning(`${label}: connection refused: no whole PROXY header within ${seconds} s`);
+    if (pending?.reading && pending.fromBalancer) this.options.log.warning(`${label}: connection refused: no whole PROXY header within ${seconds} s`);
     else this.options.log.info(`${label}: TLS handshake failed: TLS handshake timeout`);
     socket.destroy();
   }
@@ -248,23 +250,24 @@ export class Listener {
    * deadline, or released already).
    */
   private release(tcp: Socket): string | undefined {
+    const pending = this.forget(tcp);
+    if (!this.slots.release(tcp)) return undefined;
+    return pending?.label ?? formatAddress(tcp.remoteAddress, tcp.remotePort);
+  }
+
+  /** Stops following a connection read before TLS (its deadline too); what was known of it. */
+  private forget(tcp: Socket): Pending | undefined {
     const pending = this.pending.get(tcp);
     if (pending) {
       clearTimeout(pending.deadline);
       this.pending.delete(tcp);
     }
-    if (!this.slots.release(tcp)) return undefined;
-    return pending?.label ?? formatAddress(tcp.remoteAddress, tcp.remotePort);
+    return pending;
   }
 
   /** Ends a pending handshake that gave its slot up to `newcomer` (its slot is already taken). */
   private evict({ item: socket, group, held }: Eviction<Socket>, newcomer: string): void {
-    const pending = this.pending.get(socket);
-    if (pending) {
-      clearTimeout(pending.deadline);
-      this.pending.delete(socket);
-    }
-    const victim = pending?.label ?? formatAddress(socket.remoteAddress, socket.remotePort);
+    const victim = this.forget(socket)?.label ?? formatAddress(socket.remoteAddress, socket.remotePort);
     this.evictions.report(`${victim}: handshake evicted to make room for ${newcomer}: ${group} held the most pending handshakes (${held} of ${this.options.maxHandshakes})`, group);
     socket.destroy();
   }
