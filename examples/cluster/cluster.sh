@@ -41,9 +41,10 @@ sessions() {
 
 start_host() {
   log=$CLUSTER_RUN/$1.log
-  before=$(grep -c 'Listening on' "$log" 2>/dev/null || true)
+  touch "$log"
+  before=$(grep -c 'Listening on' "$log" || true)
   setsid "$here/host.sh" "$1" >>"$log" 2>&1 </dev/null &
-  wait_for 30 "[ \$(grep -c 'Listening on' '$log' 2>/dev/null || true) -gt ${before:-0} ]" || die "$1 is not listening after 30 s: see $log"
+  wait_for 30 "[ \$(grep -c 'Listening on' '$log' || true) -gt $before ]" || die "$1 is not listening after 30 s: see $log"
 }
 
 stop_pid() {
