@@ -241,7 +241,8 @@ export class Listener {
     if (label === undefined) return;
     const seconds = Math.round(this.options.handshakeTimeoutMs / 1000);
     if (pending?.reading && pending.fromBalancer) this.options.log.warning(`${label}: connection refused: no whole PROXY header within ${seconds} s`);
-    else this.options.log.info(`${label}: TLS handshake failed: TLS handshake timeout`);
+    // As Node words its own handshake timeout, so that one line means one thing whichever fired.
+    else this.options.log.info(`${label}: TLS handshake failed: TLS handshake timeout (ERR_TLS_HANDSHAKE_TIMEOUT)`);
     socket.destroy();
   }
 
