@@ -155,6 +155,8 @@ const relays: Record<string, (sources: Map<string, ts.SourceFile>) => Template[]
   ],
   'src/burst-log.ts: this.summary(this.more, Math.round(this.intervalMs / 1000), this.lastDetail)': (sources) =>
     argumentsOf(sources, (node) => (ts.isNewExpression(node) && node.expression.getText() === 'BurstLog' ? node.arguments?.[2] : undefined)),
+  // A connection that ended before its PROXY header or TLS: proxy-preamble.ts says how.
+  'src/daemon/listener.ts: `${remote}: ${preamble.gone}`': (sources) => propertyValues(declaration(sources, 'src/daemon/proxy-preamble.ts', 'readPreamble'), 'gone'),
   // Warnings identity.ts words, where the key file's mode and the files' readability are known.
   'src/daemon/daemon.ts: identity.exposure': (sources) => literalsUnder(declaration(sources, 'src/daemon/identity.ts', 'exposure')),
   'src/daemon/daemon.ts: this.identity.exposure': (sources) => literalsUnder(declaration(sources, 'src/daemon/identity.ts', 'exposure')),

@@ -7,6 +7,7 @@ import { Notifier, peerStatus } from '../daemon/notify.js';
 import { dropPrivileges, resolvePrivileges } from '../daemon/privileges.js';
 import { chooseProxy, parseProxyAddress, type ProxyAddress } from '../daemon/proxy.js';
 import { handleSignals } from '../daemon/signals.js';
+import { TrustedProxies } from '../daemon/trusted-proxies.js';
 import { chooseSpawner } from '../daemon/spawn-helper.js';
 import { parseSignal } from '../daemon/signal-name.js';
 import { reason } from '../reason.js';
@@ -36,6 +37,7 @@ const program = logOptions(
   .option('--socks <host:port>', 'dial through this SOCKS5 proxy, names resolved by it (default: ALL_PROXY if socks5h://)', socksOption)
   .option('--max-peers <n>', 'most peers at once; more are refused, stdin lines wait', integerIn(1, 1_000_000), 64)
   .option('--max-per-ip <n>', 'most connections from one address (an IPv6 /64) at once (default: no limit)', integerIn(1, 1_000_000))
+  .option('--accept-proxy <addresses>', "read a PROXY protocol header (HAProxy's send-proxy-v2) from these balancer addresses and CIDR ranges, comma-separated; required from them, refused from others", acceptProxyOption)
   .option('--max-handshakes <n>', 'most TLS handshakes in progress at once, shared fairly between addresses', integerIn(1, 1_000_000), 256)
   .option('--handshake-timeout <seconds>', 'seconds a TLS handshake may take', integerIn(1, 3600), 10)
   .option('--user <user>', 'after binding and reading the key, run as this user (children too)')
@@ -47,6 +49,12 @@ function signalOption(value: string): NodeJS.Signals {
   const signal = parseSignal(value);
   if (!signal) throw new InvalidArgumentError('not a signal name or number.');
   return signal;
+}
+
+function acceptProxyOption(value: string, previous: TrustedProxies | undefined): TrustedProxies {
+  const parsed = TrustedProxies.parse(value);
+  if ('error' in parsed) throw new InvalidArgumentError(`${parsed.error}.`);
+  return previous ? previous.with(parsed) : parsed;
 }
 
 function socksOption(value: string): ProxyAddress {
@@ -68,6 +76,7 @@ interface CliOptions extends LogChoices {
   socks?: ProxyAddress;
   maxPeers: number;
   maxPerIp?: number;
+  acceptProxy?: TrustedProxies;
   maxHandshakes: number;
   user?: string;
   group?: string;
@@ -113,6 +122,7 @@ try {
     proxy: proxy.proxy,
     maxPeers: cli.maxPeers,
     maxPerAddress: cli.maxPerIp,
+    trustedProxies: cli.acceptProxy,
     maxHandshakes: cli.maxHandshakes,
     handshakeTimeoutMs: cli.handshakeTimeout * 1000,
     spawnHelper: chooseSpawner(process.env),

@@ -26,7 +26,7 @@ export function addressGroup(address: string, ipv6Prefix: 48 | 64 = 64): string 
 }
 
 /** The eight 16-bit groups of a valid IPv6 address (`::` expanded, a dotted IPv4 tail converted). */
-function hextetsOf(address: string): number[] {
+export function hextetsOf(address: string): number[] {
   let text = address;
   const dotted = /(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(text);
   if (dotted) {

@@ -1,6 +1,7 @@
 import type { TLSSocket } from 'node:tls';
 import type { PeerIdentity } from './peer-check.js';
 import type { PeerNames } from './peer-names.js';
+import type { ProxiedEndpoints } from './proxy-header.js';
 import type { Side } from './side.js';
 
 /**
@@ -17,6 +18,10 @@ const CONNECTION_VARIABLES = [
   'TCPREMOTEPORT',
   'TCPLOCALIP',
   'TCPLOCALPORT',
+  'PROXYREMOTEIP',
+  'PROXYREMOTEPORT',
+  'PROXYLOCALIP',
+  'PROXYLOCALPORT',
   'TCPREMOTEHOST',
   'TCPREMOTEINFO',
   'TCPLOCALHOST',
@@ -30,6 +35,8 @@ const CONNECTION_VARIABLES = [
 export interface ChildConnection extends PeerNames {
   side: Side;
   peer: PeerIdentity;
+  /** The client's connection to a balancer, from its PROXY header (--accept-proxy). */
+  proxied?: ProxiedEndpoints;
 }
 
 export type Environment = Record<string, string>;
@@ -56,10 +63,19 @@ export function connectionEnvironment(socket: TLSSocket, connection: ChildConnec
   set('SHA256', peer.sha256);
   set('ALIAS', peer.alias);
   set('PROTO', 'TCP');
-  set('TCPREMOTEIP', plainAddress(socket.remoteAddress));
-  set('TCPREMOTEPORT', socket.remotePort);
-  set('TCPLOCALIP', plainAddress(socket.localAddress));
-  set('TCPLOCALPORT', socket.localPort);
+  // Behind a balancer, TCP* describe the client's connection, as s6-networking's proxy-server
+  // sets them from the same header; PROXY* the connection tlsd accepted, from the balancer.
+  const { proxied } = connection;
+  set('TCPREMOTEIP', plainAddress(proxied ? proxied.source.address : socket.remoteAddress));
+  set('TCPREMOTEPORT', proxied ? proxied.source.port : socket.remotePort);
+  set('TCPLOCALIP', plainAddress(proxied ? proxied.destination.address : socket.localAddress));
+  set('TCPLOCALPORT', proxied ? proxied.destination.port : socket.localPort);
+  if (proxied) {
+    set('PROXYREMOTEIP', plainAddress(socket.remoteAddress));
+    set('PROXYREMOTEPORT', socket.remotePort);
+    set('PROXYLOCALIP', plainAddress(socket.localAddress));
+    set('PROXYLOCALPORT', socket.localPort);
+  }
   set('SSL_PROTOCOL', socket.getProtocol() ?? undefined);
   set('SSL_CIPHER', socket.getCipher()?.name);
   set('SSL_TLS_SNI_SERVERNAME', connection.serverName);

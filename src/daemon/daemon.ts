@@ -17,9 +17,11 @@ import { formatAddress, Listener } from './listener.js';
 import { checkPeer, type Expectation, type TrustPolicy } from './peer-check.js';
 import { peerNames } from './peer-names.js';
 import { PeerTable } from './peer-table.js';
+import type { ProxiedEndpoints } from './proxy-header.js';
 import type { ProxyAddress } from './proxy.js';
 import { Session, type SessionSettings } from './session.js';
 import { SpawnHelper } from './spawn-helper.js';
+import type { TrustedProxies } from './trusted-proxies.js';
 
 export interface DaemonOptions {
   keyFile: string;
@@ -43,6 +45,8 @@ export interface DaemonOptions {
   maxPeers: number;
   /** --max-per-ip: most connections from one address (an IPv6 /64) at once; no limit when undefined. */
   maxPerAddress?: number;
+  /** --accept-proxy: the balancers whose PROXY headers name the peers they pass on. */
+  trustedProxies?: TrustedProxies;
   maxHandshakes: number;
   handshakeTimeoutMs: number;
   /** Sockets passed by systemd, served instead of binding host and port. */
@@ -99,13 +103,14 @@ export class Daemon {
       port: options.port,
       activated: options.activated,
       maxPerAddress: options.maxPerAddress,
+      trustedProxies: options.trustedProxies,
       credentials: identity.options,
       handshakeTimeoutMs: options.handshakeTimeoutMs,
       maxHandshakes: options.maxHandshakes,
       log: options.log,
       refuse: () => this.refusal(),
-      onSecure: (socket, remote) => {
-        if (this.refusal() === undefined && this.peers.tryAcquire()) this.serve(socket, 'SERVER', remote, {});
+      onSecure: (socket, remote, proxied) => {
+        if (this.refusal() === undefined && this.peers.tryAcquire()) this.serve(socket, 'SERVER', remote, {}, proxied);
         else this.listener.turnAway(socket, remote, this.refusal() ?? 'peer limit reached');
       },
     });
@@ -130,6 +135,7 @@ export class Daemon {
     if (identity.exposure) options.log.warning(identity.exposure);
     for (const warning of reloadWarnings(options)) options.log.warning(warning);
     if (aliases) options.log.info(`Serving the ${aliases.size} peers listed in ${aliases.file}`);
+    if (options.trustedProxies) options.log.info(`Reading PROXY headers from ${options.trustedProxies.entries.join(', ')}, and only from there`);
     if (options.dialInput) void daemon.readDialLines(options.dialInput);
     setInterval(() => {
       for (const session of daemon.sessions.keys()) session.probe();
@@ -254,8 +260,8 @@ export class Daemon {
    * A connection that holds a peer slot, from handshake to the end of its child (sessionEnded).
    * Nothing waits in between: a suspended async function per idle peer would cost its memory.
    */
-  private serve(socket: TLSSocket, side: Side, remote: string, expectation: Expectation): void {
-    this.admit(socket, side, remote, expectation).then(
+  private serve(socket: TLSSocket, side: Side, remote: string, expectation: Expectation, proxied?: ProxiedEndpoints): void {
+    this.admit(socket, side, remote, expectation, proxied).then(
       (session) => {
         if (!session) this.peers.release();
       },
@@ -277,7 +283,7 @@ export class Daemon {
   }
 
   /** Checks the peer and starts its session; undefined when it is turned away or tlsd is stopping. */
-  private async admit(socket: TLSSocket, side: Side, remote: string, expectation: Expectation): Promise<Session | undefined> {
+  private async admit(socket: TLSSocket, side: Side, remote: string, expectation: Expectation, proxied?: ProxiedEndpoints): Promise<Session | undefined> {
     const { options } = this;
     const { log } = options;
     socket.on('error', () => {}); // until the session takes over; it logs errors itself
@@ -301,7 +307,7 @@ export class Daemon {
       return undefined;
     }
     const names = peerNames(socket, { side, dialed: expectation.host, certificate, note: (problem) => log.notice(`${remote}: ${problem}`) });
-    const env = connectionEnvironment(socket, { side, peer, ...names });
+    const env = connectionEnvironment(socket, { side, peer, ...names, proxied });
     const session = new Session(socket, this.sessionSettings, remote, env);
     this.sessions.set(session, { side, remote, sha256, alias: peer.alias });
     options.onPeerCount?.(this.sessions.size);

@@ -56,6 +56,11 @@ export class HandshakeSlots<T> {
     return this.groups.get(group)?.count ?? 0;
   }
 
+  /** Whether `item` holds a slot (not released, not evicted). */
+  holds(item: T): boolean {
+    return this.entries.has(item);
+  }
+
   /** Takes a slot for `item`, from `group`; when all are taken, perhaps the slot of another. */
   admit(item: T, group: string): Admission<T> {
     let evicted: Eviction<T> | undefined;

@@ -7,7 +7,10 @@ import { reason } from '../reason.js';
 import { tcpSocketOf } from '../os/tcp-probe.js';
 import { addressGroup } from './address-group.js';
 import { HandshakeSlots, type Eviction } from './handshake-slots.js';
+import type { ProxiedEndpoints } from './proxy-header.js';
+import { readPreamble, type Preamble } from './proxy-preamble.js';
 import { TCP_TUNING } from './tcp-tuning.js';
+import type { TrustedProxies } from './trusted-proxies.js';
 
 export interface ListenerOptions {
   host: string;
@@ -21,10 +24,31 @@ export interface ListenerOptions {
   /** Most connections from one address (an IPv6 /64) at once, handshakes included; no limit when undefined. */
   maxPerAddress?: number;
   log: Logger;
+  /**
+   * --accept-proxy: connections from these addresses start with a PROXY header naming the client
+   * (which is then the peer, for the limits and the caller); from any other address, none may.
+   */
+  trustedProxies?: TrustedProxies;
   /** Asked for every new TCP connection before any TLS work; a reason to refuse, or undefined. */
   refuse(remote: string): string | undefined;
-  /** A completed handshake, certificate or not: the caller decides. */
-  onSecure(socket: TLSSocket, remote: string): void;
+  /**
+   * A completed handshake, certificate or not: the caller decides. `remote` names the peer in log
+   * lines; `proxied` is the client's connection to the balancer, for a connection from one.
+   */
+  onSecure(socket: TLSSocket, remote: string, proxied?: ProxiedEndpoints): void;
+}
+
+/** A connection read before TLS (with --accept-proxy), until its handshake ends. */
+interface Pending {
+  /** The peer in log lines: the client, and the balancer it came through (`client via balancer`). */
+  label: string;
+  proxied?: ProxiedEndpoints;
+  /** Header and handshake together end within the handshake timeout, counted from accept. */
+  deadline: NodeJS.Timeout;
+  /** Still reading what comes before TLS. */
+  reading: boolean;
+  /** From an --accept-proxy address: a PROXY header comes first. */
+  fromBalancer: boolean;
 }
 
 // Large enough that a burst of connections is queued by the kernel, not dropped.
@@ -55,6 +79,8 @@ export class Listener {
   private readonly refusals = new Map<string, BurstLog>();
   /** Open connections per address group, kept only with a per-address limit. */
   private readonly perAddress = new Map<string, number>();
+  /** Connections whose handshake slot is held, with --accept-proxy only (see Pending). */
+  private readonly pending = new Map<Socket, Pending>();
 
   constructor(private readonly options: ListenerOptions) {
     this.tls = createTlsServer({
@@ -73,18 +99,22 @@ export class Listener {
     // Every handshake ends in exactly one of these two events, which frees its slot (an evicted
     // one has none left: its connection is closed, and fails with "socket hang up").
     this.tls.on('secureConnection', (socket: TLSSocket) => {
-      this.slots.release(tcpSocketOf(socket) ?? socket);
+      const tcp = tcpSocketOf(socket) ?? socket;
+      const pending = this.pending.get(tcp);
+      this.release(tcp);
       // Half-open only once secure: a peer that ends its side still gets the child's whole reply,
       // while an end during the handshake fails it at once rather than at the deadline.
       socket.allowHalfOpen = true;
       // The original's line, logged once the handshake is done rather than at accept: a flood of
-      // connections that never finish one costs no more log lines than before.
-      const tcp = tcpSocketOf(socket) ?? socket;
-      options.log.info(`Accepted a TCP connection from ${tcp.remoteAddress}, port ${tcp.remotePort}`);
-      options.onSecure(socket, formatAddress(tcp.remoteAddress, tcp.remotePort));
+      // connections that never finish one costs no more log lines than before. The client's
+      // address, the one a PROXY header named when there was one.
+      const client = pending?.proxied?.source ?? { address: tcp.remoteAddress, port: tcp.remotePort };
+      options.log.info(`Accepted a TCP connection from ${client.address}, port ${client.port}`);
+      options.onSecure(socket, pending?.label ?? remoteOf(socket), pending?.proxied);
     });
     this.tls.on('tlsClientError', (error: Error, socket: TLSSocket) => {
-      if (this.slots.release(tcpSocketOf(socket) ?? socket)) options.log.info(`${remoteOf(socket)}: TLS handshake has failed: ${reason(error)}`);
+      const label = this.release(tcpSocketOf(socket) ?? socket);
+      if (label !== undefined) options.log.info(`${label}: TLS handshake has failed: ${reason(error)}`);
       // Node leaves a failed socket open when this event has a listener: close it, or it leaks.
       socket.destroy();
     });
@@ -148,12 +178,21 @@ export class Listener {
 
   private accept(socket: Socket): void {
     const remote = formatAddress(socket.remoteAddress, socket.remotePort);
-    const { maxHandshakes, maxPerAddress } = this.options;
+    const { maxHandshakes, maxPerAddress, trustedProxies } = this.options;
+    // Reset before tlsd could ask who it was: neither trusted nor not, and nobody to serve. This
+    // is what a balancer's health checks look like when they beat the event loop (HAProxy resets
+    // each check once connected), so a line for each would flood the log.
+    if (trustedProxies && socket.remoteAddress === undefined) {
+      socket.destroy();
+      return;
+    }
+    // A balancer's connections are its clients': counted per address once the header names them.
+    const fromBalancer = trustedProxies?.has(socket.remoteAddress) ?? false;
     const group = addressGroup(socket.remoteAddress ?? '');
     const fromGroup = this.perAddress.get(group) ?? 0;
     // The other limits first: a newcomer they refuse must not cost anyone a slot.
     const refusal =
-      maxPerAddress !== undefined && fromGroup >= maxPerAddress
+      maxPerAddress !== undefined && !fromBalancer && fromGroup >= maxPerAddress
         ? `too many connections from ${group} (${maxPerAddress})`
         : (descriptorShortage() ?? this.options.refuse(remote));
     // Fairness between networks, not hosts: an IPv6 /48, whose 65,536 /64s outnumber the slots.
@@ -163,21 +202,106 @@ export class Listener {
       return;
     }
     if (admission.evicted) this.evict(admission.evicted, remote);
-    if (maxPerAddress !== undefined) {
-      this.perAddress.set(group, fromGroup + 1);
-      // The TCP socket closes last, after the TLS session and the child's output are done.
-      socket.on('close', () => {
-        const left = (this.perAddress.get(group) ?? 1) - 1;
-        if (left > 0) this.perAddress.set(group, left);
-        else this.perAddress.delete(group);
-      });
+    if (!fromBalancer) this.countPerAddress(socket, group);
+    if (!trustedProxies) {
+      this.tls.emit('connection', socket);
+      return;
+    }
+    const deadline = setTimeout(() => this.expire(socket), this.options.handshakeTimeoutMs);
+    this.pending.set(socket, { label: remote, deadline, reading: true, fromBalancer });
+    readPreamble(socket, fromBalancer, (preamble) => this.preambleRead(socket, preamble));
+  }
+
+  /** Counts an open connection against its address group's --max-per-ip, until it closes. */
+  private countPerAddress(socket: Socket, group: string): void {
+    if (this.options.maxPerAddress === undefined) return;
+    this.perAddress.set(group, (this.perAddress.get(group) ?? 0) + 1);
+    // The TCP socket closes last, after the TLS session and the child's output are done.
+    socket.on('close', () => {
+      const left = (this.perAddress.get(group) ?? 1) - 1;
+      if (left > 0) this.perAddress.set(group, left);
+      else this.perAddress.delete(group);
+    });
+  }
+
+  /**
+   * What came before TLS is read: the TLS server gets the connection, or it is closed. A proxied
+   * connection's slot moves from the balancer's address group to the client's: counted under the
+   * balancer, one client sending many connections through it would keep every other client of
+   * the balancer from a slot. The move cannot fail, as it gives back the slot it takes.
+   */
+  private preambleRead(socket: Socket, preamble: Preamble): void {
+    const pending = this.pending.get(socket);
+    // Evicted or past its deadline meanwhile: it is closed, and was logged.
+    if (!pending || !this.slots.holds(socket)) return;
+    pending.reading = false;
+    const remote = pending.label;
+    const { log, maxPerAddress } = this.options;
+    if (!('proxied' in preamble || 'direct' in preamble)) {
+      this.release(socket);
+      // A balancer's own connection is a health check, every few seconds: not worth a line. A
+      // header the balancer gets wrong is a set-up to fix; one from a stranger, anyone's doing,
+      // as often as it likes: counted, as every refusal, once it floods.
+      if ('refused' in preamble) this.turnAway(socket, remote, preamble.refused);
+      else {
+        if ('gone' in preamble) log.info(`${remote}: ${preamble.gone}`);
+        socket.destroy();
+      }
+      return;
+    }
+    if ('proxied' in preamble) {
+      const { source } = preamble.proxied;
+      pending.label = `${formatAddress(source.address, source.port)} via ${remote}`;
+      pending.proxied = preamble.proxied;
+      const group = addressGroup(source.address);
+      const fromGroup = this.perAddress.get(group) ?? 0;
+      if (maxPerAddress !== undefined && fromGroup >= maxPerAddress) {
+        this.release(socket);
+        this.turnAway(socket, pending.label, `too many connections from ${group} (${maxPerAddress})`);
+        return;
+      }
+      this.slots.release(socket);
+      this.slots.admit(socket, addressGroup(source.address, 48));
+      this.countPerAddress(socket, group);
     }
     this.tls.emit('connection', socket);
   }
 
+  /** The handshake deadline of a connection read before TLS: header and handshake together. */
+  private expire(socket: Socket): void {
+    const pending = this.pending.get(socket);
+    const label = this.release(socket);
+    if (label === undefined) return;
+    const seconds = Math.round(this.options.handshakeTimeoutMs / 1000);
+    if (pending?.reading && pending.fromBalancer) this.options.log.warning(`${label}: connection refused: no whole PROXY header within ${seconds} s`);
+    // As Node words its own handshake timeout, so that one line means one thing whichever fired.
+    else this.options.log.info(`${label}: TLS handshake has failed: TLS handshake timeout (ERR_TLS_HANDSHAKE_TIMEOUT)`);
+    socket.destroy();
+  }
+
+  /**
+   * Frees a handshake's slot; the peer's label, or undefined when it held none (evicted, past its
+   * deadline, or released already).
+   */
+  private release(tcp: Socket): string | undefined {
+    const pending = this.forget(tcp);
+    if (!this.slots.release(tcp)) return undefined;
+    return pending?.label ?? formatAddress(tcp.remoteAddress, tcp.remotePort);
+  }
+
+  /** Stops following a connection read before TLS (its deadline too); what was known of it. */
+  private forget(tcp: Socket): Pending | undefined {
+    const pending = this.pending.get(tcp);
+    if (pending) {
+      clearTimeout(pending.deadline);
+      this.pending.delete(tcp);
+    }
+    return pending;
+  }
+
   /** Ends a pending handshake that gave its slot up to `newcomer` (its slot is already taken). */
   private evict({ item: socket, group, held }: Eviction<Socket>, newcomer: string): void {
-    const victim = formatAddress(socket.remoteAddress, socket.remotePort);
+    const victim = this.forget(socket)?.label ?? formatAddress(socket.remoteAddress, socket.remotePort);
     this.evictions.report(`${victim}: handshake evicted to make room for ${newcomer}: ${group} held the most pending handshakes (${held} of ${this.options.maxHandshakes})`, group);
     socket.destroy();
   }
