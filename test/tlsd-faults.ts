@@ -153,8 +153,18 @@ t.test('a peer that resets while its child is not reading: the session ends all 
   // The child does not read for a while, so backpressure stops tlsd reading the connection too.
   const tlsd = await startTlsd(t, { identity: server, command: ['sh', '-c', 'sleep 3; exec cat > /dev/null'] });
   const { reset, label } = await resettableClient(t, tlsd.port);
+  // The session must be tlsd's before the reset: a reset that beats the server's side of the
+  // handshake is a failed handshake, another case. (Node 24 sends a write on the next tick: without
+  // this wait its reset followed the client's Finished at once and won every time.)
+  await tlsd.waitFor(new RegExp(`${label}: started child`));
+  // Then write until writes no longer drain: the child's pipe is full, tlsd has stopped reading,
+  // and what follows waits in the kernel's buffers.
   const chunk = Buffer.alloc(64 * 1024, 'x');
-  for (let sent = 0; sent < 8_000_000 && reset.tls.write(chunk); sent += chunk.length) await sleep(1);
+  for (let sent = 0; sent < 16_000_000; sent += chunk.length) {
+    if (reset.tls.write(chunk)) continue;
+    const drained = await Promise.race([new Promise<boolean>((resolve) => reset.tls.once('drain', () => resolve(true))), sleep(500).then(() => false)]);
+    if (!drained) break;
+  }
   reset.now();
   await tlsd.waitFor(new RegExp(`${label}: connection lost`), 10_000);
   const pid = (await tlsd.waitFor(new RegExp(`${label}: started child (\\d+)`)))[1];

@@ -1,4 +1,5 @@
 import { closeSync, readdirSync, readFileSync } from 'node:fs';
+import tls from 'node:tls';
 
 const O_CLOEXEC = 0o2000000;
 
@@ -37,6 +38,7 @@ export function inheritableDescriptors(): number[] {
  * file, another service's socket), and Node's spawn would pass each of them on. Returns those closed.
  */
 export function closeInheritedDescriptors(keep: readonly number[]): number[] {
+  settleCertificateLoading();
   const channel = (process.channel as { fd?: unknown } | undefined)?.fd; // tlsd run by a Node parent with IPC
   const closed = inheritableDescriptors().filter((fd) => !keep.includes(fd) && fd !== channel);
   for (const fd of closed) {
@@ -47,4 +49,16 @@ export function closeInheritedDescriptors(keep: readonly number[]): number[] {
     }
   }
   return closed;
+}
+
+/**
+ * Waits for Node's own reading of NODE_EXTRA_CA_CERTS. Node 22 and 24 read that file on a thread of
+ * their own once `tls` is loaded, through a descriptor without close-on-exec: met by the scan, it
+ * would pass for an inherited one, be closed in the middle of the read (the certificates lost, with
+ * a warning), and its number, reused by tlsd in the meantime, be closed again by that thread. Asking
+ * for those certificates joins the thread. Node 20 reads the file before any script runs and has
+ * no getCACertificates.
+ */
+function settleCertificateLoading(): void {
+  (tls as { getCACertificates?: (type: 'extra') => string[] }).getCACertificates?.('extra');
 }
