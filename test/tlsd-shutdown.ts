@@ -141,9 +141,9 @@ t.test('SIGTERM once a child has exited, leaving a process that holds its stdout
 });
 
 t.test("a peer that reads none of an exited child's output gives its slot back", async (t) => {
-  // The child's 3 MB fit in tlsd's buffers and the kernel's, so it exits; the peer (a tiny
-  // receive buffer, never read) acknowledges nothing more, and some output stays with tlsd.
-  const tlsd = await startTlsd(t, { identity: server, options: ['--max-peers', '1'], command: ['head', '-c', '3000000', '/dev/zero'], env: quietSyslog });
+  // The child exits at once, leaving a process that writes 3 MB to its stdout: more than the
+  // peer (a tiny receive buffer, never read) and the kernel's buffers take, so output waits.
+  const tlsd = await startTlsd(t, { identity: server, options: ['--max-peers', '1'], command: ['sh', '-c', 'head -c 3000000 /dev/zero & exit 0'], env: quietSyslog });
   const stalled = spawn('/usr/bin/python3', ['-c', STALLED_PEER, String(tlsd.port), alice.key, alice.cert], { stdio: ['ignore', 'pipe', 'inherit'] });
   t.teardown(() => void stalled.kill('SIGKILL'));
   await withDeadline(once(stalled.stdout!, 'data'), 10_000, 'the stalled peer connects');

@@ -302,19 +302,21 @@ export class Session implements ChildEvents {
   /**
    * The child has exited, its output is not all delivered: a peer that reads none of it (its
    * kernel still acknowledging, so keepalive never fails) would otherwise hold its peer slot for
-   * good. Stalled means tlsd has output waiting for the peer (writableNeedDrain) and none of it
-   * went out for LINGER_MS; a process the child left behind that is merely silent is no stall.
+   * good. Stalled means output waits in tlsd for the peer (writableLength) and none of it left
+   * for LINGER_MS (what has left, bytesWritten less what waits, did not grow); a process the
+   * child left behind that is merely silent is no stall, as nothing waits then.
    */
   private watchForStall(): void {
     if (this.stallWatch) return;
     const { socket } = this;
-    let sent = socket.bytesWritten;
+    const gone = (): number => socket.bytesWritten - socket.writableLength;
+    let before = gone();
     this.stallWatch = setInterval(() => {
-      if (socket.writableNeedDrain && socket.bytesWritten === sent) {
+      if (socket.writableLength > 0 && gone() === before) {
         this.options.log.info(`${this.label}: the peer took none of its child's output for ${LINGER_MS / 1000} s after the child exited; connection closed`);
         socket.destroy();
       }
-      sent = socket.bytesWritten;
+      before = gone();
     }, LINGER_MS).unref();
   }
 
