@@ -7,7 +7,7 @@
           "OS=='linux'",
           {
             "type": "executable",
-            "sources": ["src/native/spawn-helper.c"],
+            "sources": ["src/launch/spawn-helper.c"],
             "cflags": ["-O2", "-Wall", "-Wextra"],
             "ldflags": ["-Wl,-z,now"]
           },

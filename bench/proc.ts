@@ -62,7 +62,7 @@ export function daemonPids(pid: number): number[] {
 }
 
 /**
- * The rule of isSpawnHelperCommandLine (src/daemon/spawn-helper.ts), which the bench, compiled on
+ * The rule of isSpawnHelperCommandLine (src/launch/spawn-helper.ts), which the bench, compiled on
  * its own, cannot import: the helper is started with the arguments `--protocol 2`.
  */
 function isSpawnHelper(pid: number): boolean {

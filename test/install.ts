@@ -123,7 +123,7 @@ t.test('npm install -g of the packed tarball, by an ordinary user, from the regi
   t.equal(packed?.filename, tarball, 'npm pack made the tarball');
   const files = new Set(packed!.files.map((file) => file.path));
   t.comment(`${tarball}: ${packed!.size} bytes packed, ${packed!.unpackedSize} unpacked, ${packed!.entryCount} files`);
-  for (const file of [...Object.values(pkg.bin), ...pkg.man, 'LICENSE', 'package.json', 'binding.gyp', 'src/native/spawn-helper.c']) {
+  for (const file of [...Object.values(pkg.bin), ...pkg.man, 'LICENSE', 'package.json', 'binding.gyp', 'src/launch/spawn-helper.c']) {
     t.ok(files.has(file.replace(/^\.\//, '')), `the tarball holds ${file}`);
   }
   const extra = [...files].filter((file) => /^(test|bench|scripts|\.ci)\/|\.map$|\.tsx?$|tsconfig/.test(file) || (file.startsWith('dist/') && !/\.bundle\.c?js$/.test(file)));

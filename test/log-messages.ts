@@ -34,7 +34,7 @@ function tlsdSources(): Map<string, ts.SourceFile> {
       if (specifier && ts.isStringLiteral(specifier) && specifier.text.startsWith('.')) pending.push(join(dirname(file), specifier.text.replace(/\.js$/, '.ts')));
     }
   }
-  files.delete(join(root, 'src/logger.ts'));
+  files.delete(join(root, 'src/log/logger.ts'));
   return files;
 }
 
@@ -146,26 +146,26 @@ function propertyValues(node: ts.Node, name: string): Template[] {
 const relays: Record<string, (sources: Map<string, ts.SourceFile>) => Template[]> = {
   // BurstLog logs a line given to report(), then summaries its owner writes. Refusals are such
   // lines: their reasons, the daemon's and the listener's, are logged too.
-  'src/burst-log.ts: line': (sources) => [
+  'src/log/burst-log.ts: line': (sources) => [
     ...argumentsOf(sources, (node) => (ts.isCallExpression(node) && ts.isPropertyAccessExpression(node.expression) && node.expression.name.text === 'report' ? node.arguments[0] : undefined)),
-    ...literalsUnder(declaration(sources, 'src/daemon/daemon.ts', 'refusal')),
-    ...literalsUnder(initializer(sources, 'src/daemon/listener.ts', 'refusal')),
-    ...literalsUnder(declaration(sources, 'src/daemon/listener.ts', 'descriptorShortage')).filter((template) => template.join('').includes(' ')), // not its file names and codes
+    ...literalsUnder(declaration(sources, 'src/core/daemon.ts', 'refusal')),
+    ...literalsUnder(initializer(sources, 'src/core/listener.ts', 'refusal')),
+    ...literalsUnder(declaration(sources, 'src/core/listener.ts', 'descriptorShortage')).filter((template) => template.join('').includes(' ')), // not its file names and codes
     ['too many handshakes in progress (', ')'],
   ],
-  'src/burst-log.ts: this.summary(this.more, Math.round(this.intervalMs / 1000), this.lastDetail)': (sources) =>
+  'src/log/burst-log.ts: this.summary(this.more, Math.round(this.intervalMs / 1000), this.lastDetail)': (sources) =>
     argumentsOf(sources, (node) => (ts.isNewExpression(node) && node.expression.getText() === 'BurstLog' ? node.arguments?.[2] : undefined)),
   // A connection that ended before its PROXY header or TLS: proxy-preamble.ts says how.
-  'src/daemon/listener.ts: `${remote}: ${preamble.gone}`': (sources) => propertyValues(declaration(sources, 'src/daemon/proxy-preamble.ts', 'readPreamble'), 'gone'),
+  'src/core/listener.ts: `${remote}: ${preamble.gone}`': (sources) => propertyValues(declaration(sources, 'src/input/proxy-preamble.ts', 'readPreamble'), 'gone'),
   // Warnings identity.ts words, where the key file's mode and the files' readability are known.
-  'src/daemon/daemon.ts: identity.exposure': (sources) => literalsUnder(declaration(sources, 'src/daemon/identity.ts', 'exposure')),
-  'src/daemon/daemon.ts: this.identity.exposure': (sources) => literalsUnder(declaration(sources, 'src/daemon/identity.ts', 'exposure')),
-  'src/daemon/daemon.ts: warning': (sources) => literalsUnder(declaration(sources, 'src/daemon/identity.ts', 'reloadWarnings')),
+  'src/core/daemon.ts: identity.exposure': (sources) => literalsUnder(declaration(sources, 'src/core/identity.ts', 'exposure')),
+  'src/core/daemon.ts: this.identity.exposure': (sources) => literalsUnder(declaration(sources, 'src/core/identity.ts', 'exposure')),
+  'src/core/daemon.ts: warning': (sources) => literalsUnder(declaration(sources, 'src/core/identity.ts', 'reloadWarnings')),
   // What peer-names.ts notes about a server name or a subject it will not pass on.
-  'src/daemon/daemon.ts: `${remote}: ${problem}`': (sources) =>
+  'src/core/daemon.ts: `${remote}: ${problem}`': (sources) =>
     argumentsOf(sources, (node) => (ts.isCallExpression(node) && node.expression.getText() === 'note' ? node.arguments[0] : undefined)),
   // SIGUSR1's table.
-  'src/daemon/daemon.ts: line': (sources) => literalsUnder(declaration(sources, 'src/daemon/daemon.ts', 'statusLines')),
+  'src/core/daemon.ts: line': (sources) => literalsUnder(declaration(sources, 'src/core/daemon.ts', 'statusLines')),
   // A failed start: the one-line reasons written as whole lines (they start with a capital).
   'src/cli/tlsd.ts: reason(error)': (sources) =>
     argumentsOf(sources, (node) => (ts.isNewExpression(node) && /^(Identity)?Error$/.test(node.expression.getText()) && /^`?[A-Z]/.test(node.arguments?.[0]?.getText() ?? '') ? node.arguments![0] : undefined)),
@@ -179,7 +179,7 @@ const relays: Record<string, (sources: Map<string, ts.SourceFile>) => Template[]
  * expression`: their text is checked as well.
  */
 const parts: Record<string, (sources: Map<string, ts.SourceFile>) => Template[]> = {
-  'src/daemon/daemon.ts: verdict.refused': (sources) => propertyValues(declaration(sources, 'src/daemon/peer-check.ts', 'checkPeer'), 'refused'),
+  'src/core/daemon.ts: verdict.refused': (sources) => propertyValues(declaration(sources, 'src/core/peer-check.ts', 'checkPeer'), 'refused'),
 };
 
 /** The expressions in a message's `${…}`, all branches. */

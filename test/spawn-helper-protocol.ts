@@ -1,12 +1,12 @@
-// The spawn helper (src/native/spawn-helper.c) driven directly, as tlsd drives it: requests on its
+// The spawn helper (src/launch/spawn-helper.c) driven directly, as tlsd drives it: requests on its
 // stdin, reports and descriptors over Node's IPC channel. A request tlsd never sends ends it.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { readdirSync } from 'node:fs';
 import type { Socket } from 'node:net';
 import t, { type Test } from 'tap';
-import { builtSpawnHelper } from '../src/native-programs.js';
-import { SPAWN_HELPER_ARGUMENTS } from '../src/daemon/spawn-helper.js';
+import { builtSpawnHelper } from '../src/package-files.js';
+import { SPAWN_HELPER_ARGUMENTS } from '../src/launch/spawn-helper.js';
 
 type Report = Record<string, number>;
 
@@ -103,7 +103,7 @@ function startHelper(t: Test, args: readonly string[] = SPAWN_HELPER_ARGUMENTS, 
   };
 }
 
-/** A request as tlsd frames it (src/daemon/spawn-helper.ts): header line, then NUL-ended fields. */
+/** A request as tlsd frames it (src/launch/spawn-helper.ts): header line, then NUL-ended fields. */
 function request(id: number, argv: string[], env: string[]): Buffer {
   const body = Buffer.from([...argv, ...env].map((field) => `${field}\0`).join(''));
   return Buffer.concat([Buffer.from(`S ${id} ${argv.length} ${env.length} ${body.length}\n`), body]);

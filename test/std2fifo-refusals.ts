@@ -5,7 +5,7 @@ import { PassThrough } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import t from 'tap';
 import { std2fifo } from '../src/helpers/std2fifo.js';
-import { Logger, type Severity } from '../src/logger.js';
+import { Logger, type Severity } from '../src/log/logger.js';
 import { tempDir } from './lib/identity.js';
 import { appears, openFiles, shell, started, startStd2fifo, type Running } from './lib/std2fifo.js';
 import { bin, type Teardown } from './lib/tlsd.js';

@@ -5,7 +5,7 @@ import { connectTls, exchange, readAll } from './lib/client.js';
 import { opensslFingerprint, tempDir, makeIdentity, type TestIdentity } from './lib/identity.js';
 import { afterStartLines, runProgram } from './lib/run.js';
 import { startTlsd } from './lib/tlsd.js';
-import { fingerprint } from '../src/daemon/fingerprint.js';
+import { fingerprint } from '../src/peer/fingerprint.js';
 
 const peer = makeIdentity(tempDir(), 'peer');
 

@@ -11,7 +11,7 @@ import { freePort } from './lib/examples.js';
 import { has, NotifySocket } from './lib/notify.js';
 import { runProgram } from './lib/run.js';
 import { bin, startTlsd, watch } from './lib/tlsd.js';
-import { builtSpawnHelper } from '../src/native-programs.js';
+import { builtSpawnHelper } from '../src/package-files.js';
 
 const { server, alice, bob } = cast(t);
 

@@ -6,7 +6,7 @@ import { cast, countMatches, isSpawnHelper, quietSyslog, waitUntil, withDeadline
 import { tempDir } from './lib/identity.js';
 import { keyValues } from './lib/text.js';
 import { startTlsd } from './lib/tlsd.js';
-import { builtSpawnHelper } from '../src/native-programs.js';
+import { builtSpawnHelper } from '../src/package-files.js';
 
 const { server, alice } = cast(t);
 

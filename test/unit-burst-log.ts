@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import t from 'tap';
-import { BurstLog } from '../src/burst-log.js';
+import { BurstLog } from '../src/log/burst-log.js';
 
 t.test('a burst: the first line in full, the rest counted in one line per interval', async (t) => {
   const lines: string[] = [];

@@ -1,6 +1,6 @@
 import t from 'tap';
-import { addressGroup } from '../src/daemon/address-group.js';
-import { HandshakeSlots, type Admission } from '../src/daemon/handshake-slots.js';
+import { addressGroup } from '../src/core/address-group.js';
+import { HandshakeSlots, type Admission } from '../src/core/handshake-slots.js';
 import { Rng } from './lib/soak/traffic.js';
 
 t.test('address groups: an IPv4 address, or an IPv6 /64', async (t) => {

@@ -1,7 +1,7 @@
 import { join } from 'node:path';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import t from 'tap';
-import { Logger, quote, quoteBytes } from '../src/logger.js';
+import { Logger, quote, quoteBytes } from '../src/log/logger.js';
 import { tempDir } from './lib/identity.js';
 
 t.test('quoting untrusted text and bytes for a log line', async (t) => {

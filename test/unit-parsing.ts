@@ -1,12 +1,12 @@
 import { Readable } from 'node:stream';
 import t from 'tap';
-import { takeActivatedSockets } from '../src/daemon/activation.js';
-import { joinSplitTargets, parseDialLine } from '../src/daemon/dial-line.js';
-import { fingerprint } from '../src/daemon/fingerprint.js';
-import { readLines, type InputLine } from '../src/daemon/line-reader.js';
-import { PeerTable } from '../src/daemon/peer-table.js';
-import { parseSignal } from '../src/daemon/signal-name.js';
-import { reason } from '../src/reason.js';
+import { takeActivatedSockets } from '../src/service/activation.js';
+import { joinSplitTargets, parseDialLine } from '../src/input/dial-line.js';
+import { fingerprint } from '../src/peer/fingerprint.js';
+import { readLines, type InputLine } from '../src/input/line-reader.js';
+import { PeerTable } from '../src/core/peer-table.js';
+import { parseSignal } from '../src/os/signal-names.js';
+import { reason } from '../src/log/reason.js';
 
 t.test('dial lines', async (t) => {
   t.same(parseDialLine('localhost 5600'), { target: { host: 'localhost', port: 5600 } });

@@ -4,10 +4,10 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { AsnConvert } from '@peculiar/asn1-schema';
 import t from 'tap';
-import { derElements, oidText } from '../src/daemon/der.js';
-import { certificateSubject, distinguishedName, escapeValue } from '../src/daemon/distinguished-name.js';
-import { canonicalHostName } from '../src/daemon/host-name.js';
-import { quote } from '../src/logger.js';
+import { derElements, oidText } from '../src/peer/der.js';
+import { certificateSubject, distinguishedName, escapeValue } from '../src/peer/distinguished-name.js';
+import { canonicalHostName } from '../src/input/host-name.js';
+import { quote } from '../src/log/logger.js';
 import { tempDir } from './lib/identity.js';
 import { buildName, oid, type NameAttribute } from './lib/named-identity.js';
 

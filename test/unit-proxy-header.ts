@@ -1,6 +1,6 @@
 import t from 'tap';
-import { looksLikeProxyHeader, MAX_HEADER_BYTES, parseProxyHeader, V1_MAX_BYTES } from '../src/daemon/proxy-header.js';
-import { TrustedProxies } from '../src/daemon/trusted-proxies.js';
+import { looksLikeProxyHeader, MAX_HEADER_BYTES, parseProxyHeader, V1_MAX_BYTES } from '../src/input/proxy-header.js';
+import { TrustedProxies } from '../src/core/trusted-proxies.js';
 import { proxyV2, V2_LOCAL } from './lib/proxy-protocol.js';
 
 const v1 = (line: string): Buffer => Buffer.from(line, 'latin1');

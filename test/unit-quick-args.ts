@@ -2,7 +2,8 @@ import t from 'tap';
 import { fp2aliasSpec, std2fifoSpec } from '../src/cli/helper-specs.js';
 import type { ProgramSpec } from '../src/cli/option-spec.js';
 import { programFromSpec } from '../src/cli/program.js';
-import { quickParse, type ParsedArgs } from '../src/cli/quick-args.js';
+import type { ParsedArgs } from '../src/cli/option-spec.js';
+import { quickParse } from '../src/cli/quick-args.js';
 import { runProgram } from './lib/run.js';
 import { installed } from './lib/tlsd.js';
 

@@ -9,9 +9,9 @@ import { PassThrough } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { createServer, type TLSSocket } from 'node:tls';
 import t, { type Test } from 'tap';
-import type { ChildEvents, ChildLike } from '../src/daemon/child-like.js';
-import { Session } from '../src/daemon/session.js';
-import { Logger } from '../src/logger.js';
+import type { ChildEvents, ChildLike } from '../src/launch/launch.js';
+import { Session } from '../src/core/session.js';
+import { Logger } from '../src/log/logger.js';
 import { connectTls, readAll } from './lib/client.js';
 import { cast, withDeadline } from './lib/limits-faults.js';
 

@@ -1,5 +1,5 @@
 import { fp2alias, UsageError } from '../helpers/fp2alias.js';
-import { reason } from '../reason.js';
+import { reason } from '../log/reason.js';
 import { fp2aliasSpec } from './helper-specs.js';
 import { commandEnvironment } from './launcher.js';
 import { exitWhenDone, startLogging } from './lifecycle.js';

@@ -1,5 +1,5 @@
-import { Logger } from '../logger.js';
-import { reason } from '../reason.js';
+import { Logger } from '../log/logger.js';
+import { reason } from '../log/reason.js';
 import { usageHint, type LogChoices } from './option-spec.js';
 
 /** The program's logger; from here on an unexpected exception is one log line and exit 1. */

@@ -28,6 +28,13 @@ export interface ProgramSpec {
   operands: readonly OperandSpec[];
 }
 
+/** A command line as read for a ProgramSpec, by either parser (quick-args.ts or commander). */
+export interface ParsedArgs {
+  /** By option name (`--var` → `var`): a value, `true` for a flag given; defaults filled in. */
+  options: Record<string, string | true>;
+  operands: string[];
+}
+
 /** The logging options every program has: -i (syslog identifier) and -e (stderr too). */
 export function logOptionSpecs(ident: string): OptionSpec[] {
   return [

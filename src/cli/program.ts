@@ -1,7 +1,6 @@
 import { Command, InvalidArgumentError } from 'commander';
-import { version } from '../version.js';
-import { logOptionSpecs, usageHint, type OptionSpec, type ProgramSpec } from './option-spec.js';
-import type { ParsedArgs } from './quick-args.js';
+import { version } from '../package-files.js';
+import { logOptionSpecs, usageHint, type OptionSpec, type ParsedArgs, type ProgramSpec } from './option-spec.js';
 
 /**
  * The conventions every program here shares: short options as the original's plus long forms,

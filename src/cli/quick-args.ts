@@ -1,10 +1,4 @@
-import type { OptionSpec, ProgramSpec } from './option-spec.js';
-
-export interface ParsedArgs {
-  /** By option name (`--var` → `var`): a value, `true` for a flag given; defaults filled in. */
-  options: Record<string, string | true>;
-  operands: string[];
-}
+import type { OptionSpec, ParsedArgs, ProgramSpec } from './option-spec.js';
 
 /**
  * Reads a command line the way commander reads it for `spec` (program.ts: options end at the first

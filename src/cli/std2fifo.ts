@@ -1,5 +1,5 @@
 import { std2fifo } from '../helpers/std2fifo.js';
-import { reason } from '../reason.js';
+import { reason } from '../log/reason.js';
 import { std2fifoSpec } from './helper-specs.js';
 import { exitWhenDone, startLogging, usageError } from './lifecycle.js';
 import { optionValue, readCommandLine } from './quick-args.js';

@@ -3,7 +3,7 @@ import { certificateFingerprint, keygen, KeygenError } from '../keygen/keygen.js
 import { defaultRsaBits, describeKey, keyTypes, maxRsaBits, minRsaBits, type KeySpec, type KeyType } from '../keygen/keys.js';
 import { formatSubject, parseSubject, SubjectError, type SubjectAttribute } from '../keygen/subject.js';
 import { absoluteName, tlsaRecord, TlsaError } from '../keygen/tlsa.js';
-import { reason } from '../reason.js';
+import { reason } from '../log/reason.js';
 import { fail, startLogging } from './lifecycle.js';
 import { createProgram, integerIn } from './program.js';
 

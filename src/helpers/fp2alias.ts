@@ -1,6 +1,6 @@
-import type { Logger } from '../logger.js';
-import { quote } from '../logger.js';
-import { aliasProblem, fingerprintPattern, logProblems, readAliases, registerAlias } from './alias-file.js';
+import type { Logger } from '../log/logger.js';
+import { quote } from '../log/logger.js';
+import { aliasProblem, fingerprintPattern, logProblems, readAliases, registerAlias } from '../peer/alias-file.js';
 import { readLineFromFd, writeAllToFd } from './fd-line.js';
 import { runCommand } from './run-command.js';
 

@@ -1,7 +1,7 @@
 import type { ChildProcess } from 'node:child_process';
 import { constants } from 'node:os';
 import { childProcess } from '../os/lazy-module.js';
-import { reason } from '../reason.js';
+import { reason } from '../log/reason.js';
 
 /** The signals a wrapper passes on to the command it runs, as an exec'd command would get them. */
 export const forwardedSignals: NodeJS.Signals[] = ['SIGTERM', 'SIGHUP', 'SIGINT', 'SIGUSR1', 'SIGUSR2', 'SIGQUIT'];

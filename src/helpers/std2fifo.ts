@@ -1,7 +1,7 @@
 import type { Socket } from 'node:net';
 import { addAbortSignal, type Readable, type Writable } from 'node:stream';
-import type { Logger } from '../logger.js';
-import { reason } from '../reason.js';
+import type { Logger } from '../log/logger.js';
+import { reason } from '../log/reason.js';
 import { Refused } from './fifo-checks.js';
 import { FifoDir, type PeerFifo } from './fifo-dir.js';
 import { openFifoReader, openFifoWriter, writeChunk } from './fifo-open.js';

@@ -1,8 +1,8 @@
 import { X509Certificate } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
-import { fingerprint } from '../daemon/fingerprint.js';
-import { reason } from '../reason.js';
+import { fingerprint } from '../peer/fingerprint.js';
+import { reason } from '../log/reason.js';
 import { selfSignedCertificate } from './certificate.js';
 import { generateKeys, type KeySpec } from './keys.js';
 import type { SubjectAttribute } from './subject.js';

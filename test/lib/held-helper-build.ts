@@ -1,7 +1,7 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { builtSpawnHelper } from '../../src/native-programs.js';
+import { builtSpawnHelper } from '../../src/package-files.js';
 
 export type HeldUntil = 'child-exited' | `file:${string}`;
 

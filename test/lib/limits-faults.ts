@@ -2,7 +2,7 @@ import { readdirSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
 import { connect as netConnect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { isSpawnHelperCommandLine } from '../../src/daemon/spawn-helper.js';
+import { isSpawnHelperCommandLine } from '../../src/launch/spawn-helper.js';
 import { makeIdentity, tempDir, type TestIdentity } from './identity.js';
 import type { RunningTlsd, Teardown } from './tlsd.js';
 
@@ -127,7 +127,7 @@ export function childrenOf(parent: number): ProcessEntry[] {
   return found.flatMap((child) => (isSpawnHelper(child.pid) ? childrenOf(child.pid) : [child]));
 }
 
-/** tlsd's spawn helper, known by the socket name it is started with (src/daemon/spawn-helper.ts). */
+/** tlsd's spawn helper, known by the socket name it is started with (src/launch/spawn-helper.ts). */
 export function isSpawnHelper(pid: number): boolean {
   try {
     return isSpawnHelperCommandLine(readFileSync(`/proc/${pid}/cmdline`, 'latin1').split('\0'));

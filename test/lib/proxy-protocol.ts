@@ -2,7 +2,7 @@ import { connect as netConnect, isIPv4, type Socket } from 'node:net';
 import { Duplex } from 'node:stream';
 import { connect as tlsConnect, type ConnectionOptions, type TLSSocket } from 'node:tls';
 import { readFileSync } from 'node:fs';
-import { ipv6Bytes } from '../../src/daemon/socks5.js';
+import { ipv6Bytes } from '../../src/core/socks5.js';
 import type { TestIdentity } from './identity.js';
 import type { Teardown } from './tlsd.js';
 

@@ -1,8 +1,8 @@
 import { isIP, type Socket } from 'node:net';
 import { Duplex } from 'node:stream';
 import { connect, type ConnectionOptions, type SecureContext, type TLSSocket } from 'node:tls';
-import type { DialTarget } from './dial-line.js';
-import type { ProxyAddress } from './proxy.js';
+import type { DialTarget } from '../input/dial-line.js';
+import type { ProxyAddress } from '../input/proxy-url.js';
 import { connectThroughProxy } from './socks5.js';
 import { tuneTcp } from './tcp-tuning.js';
 

@@ -1,7 +1,7 @@
-import type { Logger } from '../logger.js';
-import type { Daemon } from './daemon.js';
+import type { Logger } from '../log/logger.js';
+import type { Daemon } from '../core/daemon.js';
 import { peerStatus, type Notifier } from './notify.js';
-import { signalNumber } from './signal-name.js';
+import { signalNumber } from '../os/signal-names.js';
 
 /**
  * SIGHUP reloads; SIGUSR1 logs the peer table; SIGTERM or SIGINT shuts down gracefully and exits 0

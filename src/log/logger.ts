@@ -1,4 +1,4 @@
-import { UnixDatagramSender } from './os/datagram.js';
+import { UnixDatagramSender } from '../os/datagram.js';
 import { escapeUnprintable, unicodeEscape } from './unprintable.js';
 
 export type Severity = 'error' | 'warning' | 'notice' | 'info' | 'debug';

@@ -1,5 +1,5 @@
 import type { Socket } from 'node:net';
-import { reason } from '../reason.js';
+import { reason } from '../log/reason.js';
 import { looksLikeProxyHeader, parseProxyHeader, type ProxiedEndpoints } from './proxy-header.js';
 
 /** What came before the TLS handshake on a connection, with --accept-proxy. */

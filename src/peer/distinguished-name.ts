@@ -1,4 +1,4 @@
-import { escapeUnprintable } from '../unprintable.js';
+import { escapeUnprintable } from '../log/unprintable.js';
 import { derChildren, derElements, oidText, OBJECT_IDENTIFIER, SEQUENCE, SET, type DerElement } from './der.js';
 
 /*

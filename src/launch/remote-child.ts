@@ -1,5 +1,5 @@
 import type { Socket } from 'node:net';
-import type { ChildEvents, ChildLike } from './child-like.js';
+import type { ChildEvents, ChildLike } from './launch.js';
 
 /** What a RemoteChild asks of the spawn helper that started it. */
 export interface RemoteChildOwner {

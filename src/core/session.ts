@@ -1,10 +1,10 @@
 import type { TLSSocket } from 'node:tls';
-import type { Logger } from '../logger.js';
-import { reason } from '../reason.js';
+import type { Logger } from '../log/logger.js';
+import { reason } from '../log/reason.js';
 import { connectionLost, descriptorOf } from '../os/tcp-probe.js';
-import type { Environment } from './child-env.js';
-import type { ChildEvents, ChildLike, Launch } from './child-like.js';
-import { signalNumber } from './signal-name.js';
+import type { Environment } from '../launch/launch.js';
+import type { ChildEvents, ChildLike, Launch } from '../launch/launch.js';
+import { signalNumber } from '../os/signal-names.js';
 
 /** What every session of a daemon shares: made once, so that an idle peer does not pay for a copy. */
 export interface SessionSettings {
@@ -325,8 +325,4 @@ export class Session implements ChildEvents {
     this.finished = true;
     this.options.ended(this);
   }
-}
-
-export function describeExit(code: number | null, signal: NodeJS.Signals | null): string {
-  return signal ? `killed by signal ${signal}` : `exited with status ${code}`;
 }

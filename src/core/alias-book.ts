@@ -1,8 +1,8 @@
 import { readFileSync, watch, type FSWatcher } from 'node:fs';
 import { basename, dirname } from 'node:path';
-import { logProblems, parseAliases } from '../helpers/alias-file.js';
-import type { Logger } from '../logger.js';
-import { reason } from '../reason.js';
+import { logProblems, parseAliases } from '../peer/alias-file.js';
+import type { Logger } from '../log/logger.js';
+import { reason } from '../log/reason.js';
 
 /** Editors and `mv` replace a file in a few steps; one reload after they settle is enough. */
 const SETTLE_MS = 200;

@@ -1,5 +1,5 @@
 import { UnixDatagramSender } from '../os/datagram.js';
-import type { Logger } from '../logger.js';
+import type { Logger } from '../log/logger.js';
 
 /**
  * Tells systemd how tlsd is doing (sd_notify(3)): READY=1 once serving, RELOADING=1 and READY=1

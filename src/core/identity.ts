@@ -1,8 +1,8 @@
 import { X509Certificate, constants as cryptoConstants } from 'node:crypto';
 import { readFile, stat } from 'node:fs/promises';
 import { createSecureContext, type SecureContext, type SecureContextOptions } from 'node:tls';
-import { reason } from '../reason.js';
-import { fingerprint } from './fingerprint.js';
+import { reason } from '../log/reason.js';
+import { fingerprint } from '../peer/fingerprint.js';
 import { readAdvice } from './read-access.js';
 
 /** Our own key and certificate, ready for both sides of a connection. */

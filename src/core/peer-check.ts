@@ -1,9 +1,9 @@
 import type { X509Certificate } from 'node:crypto';
 import { isIP } from 'node:net';
 import type { TLSSocket } from 'node:tls';
-import { reason } from '../reason.js';
+import { reason } from '../log/reason.js';
 import type { AliasBook } from './alias-book.js';
-import { fingerprint } from './fingerprint.js';
+import { fingerprint } from '../peer/fingerprint.js';
 
 /** Who may become a peer, beyond completing a handshake. */
 export interface TrustPolicy {

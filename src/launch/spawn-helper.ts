@@ -1,23 +1,22 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import type { Socket } from 'node:net';
 import { constants } from 'node:os';
-import type { Logger } from '../logger.js';
-import { reason } from '../reason.js';
+import type { Logger } from '../log/logger.js';
+import { reason } from '../log/reason.js';
 import { errnoName } from '../os/errno.js';
-import type { Environment } from './child-env.js';
-import { nodeLaunch, type ChildEvents, type ChildLike, type Launch, type LaunchRequest } from './child-like.js';
-import { describeExit } from './session.js';
+import { describeExit, signalName } from '../os/signal-names.js';
+import type { ChildEvents, ChildLike, Environment, Launch, LaunchRequest } from './launch.js';
+import { nodeLaunch } from './node-spawn.js';
 import { RemoteChild, type RemoteChildOwner } from './remote-child.js';
-import { builtSpawnHelper } from '../native-programs.js';
+import { builtSpawnHelper } from '../package-files.js';
 
 /** The helper's arguments: the protocol below. A helper built for another one refuses to start. */
 export const SPAWN_HELPER_ARGUMENTS = ['--protocol', '2'] as const;
 /** The helper says it is ready (with a descriptor, to show descriptors pass) within this long. */
 const READY_TIMEOUT_MS = 5_000;
-const signalNames = new Map<number, NodeJS.Signals>(Object.entries(constants.signals).map(([name, value]) => [value, name as NodeJS.Signals]));
 
 export interface SpawnHelperOptions {
-  /** The helper program (src/native/spawn-helper.c). */
+  /** The helper program (src/launch/spawn-helper.c). */
   program: string;
   /** The helper's own environment, which each child gets with its connection's variables added. */
   base: Environment;
@@ -26,7 +25,7 @@ export interface SpawnHelperOptions {
   log: Logger;
 }
 
-/** What the helper reports over the IPC channel (src/native/spawn-helper.c has the protocol). */
+/** What the helper reports over the IPC channel (src/launch/spawn-helper.c has the protocol). */
 type Report =
   | { ready: number }
   | { stdin: number }
@@ -36,7 +35,7 @@ type Report =
   | { exited: number; status?: number; signal?: number };
 
 /**
- * Starts children through the spawn helper (src/native/spawn-helper.c). Node starts a child by
+ * Starts children through the spawn helper (src/launch/spawn-helper.c). Node starts a child by
  * forking the whole daemon, which costs milliseconds of the event loop per connection and grows
  * with the heap; the helper starts each with vfork and exec, a fraction of that, on the other core.
  *
@@ -205,7 +204,7 @@ export class SpawnHelper {
       const code = errnoName(message.errno) ?? `errno ${message.errno}`;
       child?.fail(Object.assign(new Error(`spawn ${child.command} ${code}`), { code }));
     } else if ('exited' in message) {
-      const signal = message.signal === undefined ? null : (signalNames.get(message.signal) ?? null);
+      const signal = message.signal === undefined ? null : (signalName(message.signal) ?? null);
       this.children.get(message.exited)?.exited(message.status ?? null, signal);
     }
   }

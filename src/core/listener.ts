@@ -1,14 +1,14 @@
 import { closeSync, openSync } from 'node:fs';
 import { createServer as createNetServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
 import { createServer as createTlsServer, type SecureContextOptions, type Server as TlsServer, type TLSSocket } from 'node:tls';
-import { BurstLog } from '../burst-log.js';
-import type { Logger } from '../logger.js';
-import { reason } from '../reason.js';
+import { BurstLog } from '../log/burst-log.js';
+import type { Logger } from '../log/logger.js';
+import { reason } from '../log/reason.js';
 import { tcpSocketOf } from '../os/tcp-probe.js';
 import { addressGroup } from './address-group.js';
 import { HandshakeSlots, type Eviction } from './handshake-slots.js';
-import type { ProxiedEndpoints } from './proxy-header.js';
-import { readPreamble, type Preamble } from './proxy-preamble.js';
+import type { ProxiedEndpoints } from '../input/proxy-header.js';
+import { readPreamble, type Preamble } from '../input/proxy-preamble.js';
 import { TCP_TUNING } from './tcp-tuning.js';
 import type { TrustedProxies } from './trusted-proxies.js';
 

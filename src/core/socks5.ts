@@ -1,7 +1,7 @@
 import { connect, isIP, type Socket } from 'node:net';
 import { getSystemErrorMap } from 'node:util';
-import { reason } from '../reason.js';
-import type { ProxyAddress } from './proxy.js';
+import { reason } from '../log/reason.js';
+import type { ProxyAddress } from '../input/proxy-url.js';
 
 /** RFC 1928 replies, and Tor's for onion services (its socks-extensions.txt). */
 const REPLIES: Record<number, string> = {

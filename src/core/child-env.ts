@@ -1,8 +1,9 @@
 import type { TLSSocket } from 'node:tls';
 import type { PeerIdentity } from './peer-check.js';
 import type { PeerNames } from './peer-names.js';
-import type { ProxiedEndpoints } from './proxy-header.js';
+import type { ProxiedEndpoints } from '../input/proxy-header.js';
 import type { Side } from './side.js';
+import type { Environment } from '../launch/launch.js';
 
 /**
  * Every variable that describes a connection. None is ever inherited from tlsd's own environment:
@@ -38,8 +39,6 @@ export interface ChildConnection extends PeerNames {
   /** The client's connection to a balancer, from its PROXY header (--accept-proxy). */
   proxied?: ProxiedEndpoints;
 }
-
-export type Environment = Record<string, string>;
 
 /**
  * What every child inherits: tlsd's environment without any connection variable. Taken once at

@@ -1,5 +1,5 @@
 import { closeSync, fchmodSync, openSync, readFileSync, writeSync, constants } from 'node:fs';
-import type { Logger } from '../logger.js';
+import type { Logger } from '../log/logger.js';
 import { lazyModule } from '../os/lazy-module.js';
 
 // About 10 ms of fp2alias's start-up that only a registration needs.

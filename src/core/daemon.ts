@@ -2,25 +2,25 @@ import { openSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import type { Readable } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
-import { quote, type Logger } from '../logger.js';
-import { reason } from '../reason.js';
+import { quote, type Logger } from '../log/logger.js';
+import { reason } from '../log/reason.js';
 import { AliasBook } from './alias-book.js';
 import { saveCertificate } from './cert-dir.js';
 import { baseEnvironment, connectionEnvironment } from './child-env.js';
 import type { Side } from './side.js';
-import { nodeLaunch } from './child-like.js';
-import { joinSplitTargets, parseDialLine, type DialTarget } from './dial-line.js';
+import { nodeLaunch } from '../launch/node-spawn.js';
+import { joinSplitTargets, parseDialLine, type DialTarget } from '../input/dial-line.js';
 import { dial } from './dialer.js';
 import { loadIdentity, reloadWarnings, type Identity } from './identity.js';
-import { readLines } from './line-reader.js';
+import { readLines } from '../input/line-reader.js';
 import { formatAddress, Listener } from './listener.js';
 import { checkPeer, type Expectation, type TrustPolicy } from './peer-check.js';
 import { peerNames } from './peer-names.js';
 import { PeerTable } from './peer-table.js';
-import type { ProxiedEndpoints } from './proxy-header.js';
-import type { ProxyAddress } from './proxy.js';
+import type { ProxiedEndpoints } from '../input/proxy-header.js';
+import type { ProxyAddress } from '../input/proxy-url.js';
 import { Session, type SessionSettings } from './session.js';
-import { SpawnHelper } from './spawn-helper.js';
+import { SpawnHelper } from '../launch/spawn-helper.js';
 import type { TrustedProxies } from './trusted-proxies.js';
 
 export interface DaemonOptions {
@@ -53,7 +53,7 @@ export interface DaemonOptions {
   activated?: readonly number[];
   /** Told whenever the number of peers changes (systemd's STATUS=). */
   onPeerCount?: (count: number) => void;
-  /** The spawn helper program (src/native/spawn-helper.c); Node's spawn when undefined. */
+  /** The spawn helper program (src/launch/spawn-helper.c); Node's spawn when undefined. */
   spawnHelper?: string;
   /** Called once bound and the key read, before serving: the CLI drops privileges here. */
   beforeServing?: () => void;

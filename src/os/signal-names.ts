@@ -1,6 +1,7 @@
 import { constants } from 'node:os';
 
 const signals = constants.signals as Record<string, number>;
+const names = new Map<number, NodeJS.Signals>(Object.entries(signals).map(([name, value]) => [value, name as NodeJS.Signals]));
 
 /**
  * Accepts a signal as the original did (a number, `-s 15`) or by name (`TERM`, `SIGTERM`, `term`).
@@ -9,9 +10,7 @@ const signals = constants.signals as Record<string, number>;
 export function parseSignal(text: string): NodeJS.Signals | undefined {
   const trimmed = text.trim();
   if (/^\d+$/.test(trimmed)) {
-    const number = Number(trimmed);
-    const entry = Object.entries(signals).find(([, value]) => value === number);
-    return entry?.[0] as NodeJS.Signals | undefined;
+    return names.get(Number(trimmed));
   }
   const upper = trimmed.toUpperCase();
   const name = upper.startsWith('SIG') ? upper : `SIG${upper}`;
@@ -20,4 +19,14 @@ export function parseSignal(text: string): NodeJS.Signals | undefined {
 
 export function signalNumber(name: NodeJS.Signals): number {
   return signals[name] ?? 0;
+}
+
+/** The name of a signal number (as the spawn helper reports a child's), undefined if unknown here. */
+export function signalName(number: number): NodeJS.Signals | undefined {
+  return names.get(number);
+}
+
+/** How a process ended, for tlsd's own log lines about its helper (children use the original's words). */
+export function describeExit(code: number | null, signal: NodeJS.Signals | null): string {
+  return signal ? `killed by signal ${signal}` : `exited with status ${code}`;
 }

@@ -1,11 +1,11 @@
 import type { X509Certificate } from 'node:crypto';
 import { isIP } from 'node:net';
 import type { TLSSocket } from 'node:tls';
-import { quoteBytes } from '../logger.js';
-import { reason } from '../reason.js';
+import { quoteBytes } from '../log/logger.js';
+import { reason } from '../log/reason.js';
 import type { Side } from './side.js';
-import { certificateSubject } from './distinguished-name.js';
-import { canonicalHostName } from './host-name.js';
+import { certificateSubject } from '../peer/distinguished-name.js';
+import { canonicalHostName } from '../input/host-name.js';
 
 /**
  * The names a peer chooses that reach its child: the server name of the handshake (SNI) and its

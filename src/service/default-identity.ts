@@ -3,7 +3,7 @@ import { homedir } from 'node:os';
 import { isAbsolute, join } from 'node:path';
 import { keygen } from '../keygen/keygen.js';
 import { makeParents } from '../keygen/write-files.js';
-import { reason } from '../reason.js';
+import { reason } from '../log/reason.js';
 
 export interface IdentityFiles {
   keyFile: string;

@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { reason } from '../reason.js';
+import { reason } from '../log/reason.js';
 
 // POSIX-only calls; @types/node leaves initgroups out.
 const posix = process as NodeJS.Process & { initgroups: (user: string | number, extraGroup: string | number) => void };

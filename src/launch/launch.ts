@@ -1,6 +1,4 @@
-import { spawn } from 'node:child_process';
 import type { Readable, Writable } from 'node:stream';
-import type { Environment } from './child-env.js';
 
 /**
  * What a session needs of its child; a Node ChildProcess can be one (nodeLaunch), and so is a child
@@ -27,6 +25,9 @@ export interface ChildEvents {
   closed(): void;
 }
 
+/** Variables a child gets, by name. */
+export type Environment = Record<string, string>;
+
 export interface LaunchRequest {
   command: string;
   args: readonly string[];
@@ -36,18 +37,3 @@ export interface LaunchRequest {
 
 /** Starts a session's child: stdin and stdout connected to tlsd, stderr shared with tlsd. */
 export type Launch = (request: LaunchRequest, events: ChildEvents) => ChildLike;
-
-/**
- * Node's own spawn: a fork of the whole daemon, which costs more the bigger the heap. `coverFds` go to the child at 3, 4, … in place of
- * what it would inherit there (systemd's activated sockets have no close-on-exec flag).
- */
-export function nodeLaunch(base: Environment, coverFds: readonly number[]): Launch {
-  return ({ command, args, env }, events) => {
-    const child = spawn(command, args, { stdio: ['pipe', 'pipe', 'inherit', ...coverFds], env: { ...base, ...env } });
-    child.on('spawn', () => events.spawned());
-    child.on('error', (error) => events.failed(error));
-    child.on('exit', (code, signal) => events.exited(code, signal));
-    child.on('close', () => events.closed());
-    return child;
-  };
-}

@@ -1,7 +1,7 @@
 /*
  * tlsd's spawn helper: starts the children of tlsd's sessions with vfork and exec (no copy of a
  * parent's page tables, no copy-on-write faults before the exec) and reports what
- * became of them. tlsd runs it once, after dropping its privileges; see src/daemon/spawn-helper.ts.
+ * became of them. tlsd runs it once, after dropping its privileges; see src/launch/spawn-helper.ts.
  *
  * Who can reach it: tlsd alone. The helper has no name anywhere (no socket in any namespace, no
  * file): it talks to tlsd over two descriptors tlsd made and gave it at exec, its stdin (requests)
