@@ -33,28 +33,38 @@ const LINGER_MS = 10_000;
 const SHUTDOWN_LINGER_MS = 1_000;
 
 /**
+ * Where a session is, in the order it gets there, named after its child: `new` until start()
+ * launches it; `starting` once launched, until it runs (or fails: then `gone`); `running`; `told`,
+ * still running once endChild has told it (stdin ended, -s sent), never twice; `exited`, its
+ * output perhaps still on the way; `gone`, nothing more of it to wait for; `ended` once the
+ * connection is closed too and `settings.ended` has been called, once.
+ */
+type Phase = 'new' | 'starting' | 'running' | 'told' | 'exited' | 'gone' | 'ended';
+
+/**
  * One peer: the decrypted stream wired to one child's stdin and stdout. Each direction ends on its
  * own (half-close), and nothing the child wrote is lost because the peer stopped sending, or the
  * other way round. `settings.ended` is called once both the connection and the child are gone.
  */
 export class Session implements ChildEvents {
   private child: ChildLike | undefined;
-  private childRunning = false;
-  /** Launched, but not yet running or failed: the session waits for it either way. */
-  private childStarting = false;
+  private phase: Phase = 'new';
+  /**
+   * The connection is closed. It and the two below are the connection's, apart from the phase:
+   * they come in any order relative to the child's events (a peer may leave before its child
+   * starts, or long after it exited), and the peer's side and ours end independently (half-close).
+   */
   private socketClosed = false;
   /** The peer ended its side (FIN or close_notify): the child's stdin ends there too. */
   private peerEnded = false;
-  /** endChild has told the running child (stdin ended, -s sent): it is never told twice. */
-  private childTold = false;
-  private childGone = false;
+  /** Our side is flushed: all the child's output reached the peer's kernel, close_notify sent. */
   private outputFlushed = false;
+  /** The daemon's shutdown, which comes at any phase and shortens the linger (lingerIfDone). */
   private shuttingDown = false;
   /** Closes the connection once our side is over (see lingerIfDone); none while the child runs. */
   private linger: { timer: NodeJS.Timeout; at: number } | undefined;
   /** Once the child has exited with output still to deliver: checks that the peer takes it. */
   private stallWatch: NodeJS.Timeout | undefined;
-  private finished = false;
 
   /**
    * `label` names the peer in log lines (e.g. `127.0.0.1:40312`); `env` is the connection's
@@ -72,7 +82,7 @@ export class Session implements ChildEvents {
   readonly startedAt = Date.now();
 
   get pid(): number | undefined {
-    return this.childRunning ? this.child?.pid : undefined;
+    return this.running ? this.child?.pid : undefined;
   }
 
   /** Bytes from the peer, and to it, so far. */
@@ -107,7 +117,7 @@ export class Session implements ChildEvents {
       this.onSpawnFailed(error);
       return;
     }
-    this.childStarting = true;
+    this.phase = 'starting';
   }
 
   // The child's events (ChildEvents), in the order it reports them.
@@ -115,8 +125,7 @@ export class Session implements ChildEvents {
   spawned(): void {
     const { socket, options } = this;
     const child = this.child!;
-    this.childStarting = false;
-    this.childRunning = true;
+    this.phase = 'running';
     options.log.info(`${this.label}: started child ${child.pid}`);
     const stdin = child.stdin!;
     const stdout = child.stdout!;
@@ -139,16 +148,15 @@ export class Session implements ChildEvents {
   }
 
   failed(error: Error): void {
-    if (!this.childStarting) {
+    if (this.phase !== 'starting') {
       this.options.log.warning(`${this.label}: child ${this.child?.pid}: ${reason(error)}`);
       return;
     }
-    this.childStarting = false;
     this.onSpawnFailed(error);
   }
 
   exited(code: number | null, signal: NodeJS.Signals | null): void {
-    this.childRunning = false;
+    if (this.running) this.phase = 'exited';
     const { log } = this.options;
     // The original's lines: the pid tells the child, and `started child` tells whose it was.
     const pid = this.child?.pid;
@@ -190,7 +198,7 @@ export class Session implements ChildEvents {
 
   /** Second shutdown signal: no more waiting. */
   kill(): void {
-    if (this.childRunning) this.child?.kill('SIGKILL');
+    if (this.running) this.child?.kill('SIGKILL');
     this.socket.destroy();
   }
 
@@ -210,7 +218,7 @@ export class Session implements ChildEvents {
     clearInterval(this.stallWatch);
     this.stallWatch = undefined;
     this.cutOffChild();
-    if (!this.childRunning && !this.childStarting) this.releaseChild();
+    if (!this.running && this.phase !== 'starting') this.releaseChild();
     this.finishIfDone();
   }
 
@@ -241,8 +249,8 @@ export class Session implements ChildEvents {
   }
 
   private onChildGone(): void {
-    if (this.childGone) return;
-    this.childGone = true;
+    if (this.phase === 'gone' || this.phase === 'ended') return;
+    this.phase = 'gone';
     this.lingerIfDone();
     this.finishIfDone();
   }
@@ -255,8 +263,8 @@ export class Session implements ChildEvents {
    */
   private endChild(): void {
     this.endChildInput();
-    if (!this.childRunning || this.childTold) return;
-    this.childTold = true;
+    if (this.phase !== 'running') return;
+    this.phase = 'told';
     const { log, endSignal } = this.options;
     log.info(`Waiting for process ${this.child?.pid} to exit`);
     if (endSignal) this.child?.kill(endSignal);
@@ -287,7 +295,7 @@ export class Session implements ChildEvents {
    * again as things change, it only ever brings the close nearer.
    */
   private lingerIfDone(): void {
-    if (this.socketClosed || this.childRunning || this.childStarting) return;
+    if (this.socketClosed || this.running || this.phase === 'starting') return;
     if (!this.outputFlushed && !this.shuttingDown) {
       this.watchForStall();
       return;
@@ -320,9 +328,14 @@ export class Session implements ChildEvents {
     }, LINGER_MS).unref();
   }
 
+  /** The child runs (told or not): it has a pid, and can be signalled. */
+  private get running(): boolean {
+    return this.phase === 'running' || this.phase === 'told';
+  }
+
   private finishIfDone(): void {
-    if (!this.socketClosed || !this.childGone || this.finished) return;
-    this.finished = true;
+    if (!this.socketClosed || this.phase !== 'gone') return;
+    this.phase = 'ended';
     this.options.ended(this);
   }
 }
