@@ -1,6 +1,7 @@
 import type { TLSSocket } from 'node:tls';
 import type { Logger } from '../log/logger.js';
 import { reason } from '../log/reason.js';
+import { trace, tracing } from '../log/trace.js';
 import { connectionLost, descriptorOf } from '../os/tcp-probe.js';
 import type { Environment } from '../launch/launch.js';
 import type { ChildEvents, ChildLike, Launch } from '../launch/launch.js';
@@ -97,6 +98,7 @@ export class Session implements ChildEvents {
   start(): void {
     const { socket, options } = this;
     socket.on('error', (error) => {
+      if (tracing) trace('%s: connection error: %s', this.label, reason(error));
       if (!this.socketClosed) options.log.info(`${this.label}: connection error: ${reason(error)}`);
       // A TLS protocol error (a malformed record, a fatal alert) leaves Node's socket open.
       socket.destroy();
@@ -105,6 +107,7 @@ export class Session implements ChildEvents {
     // Piped with { end: false }: the end of the peer's side is endChild's to pass on, -s and all.
     socket.on('end', () => this.onPeerEnded());
     socket.on('finish', () => {
+      trace('%s: output flushed', this.label);
       this.outputFlushed = true;
       this.lingerIfDone();
     });
@@ -127,6 +130,7 @@ export class Session implements ChildEvents {
     const child = this.child!;
     this.phase = 'running';
     options.log.info(`${this.label}: started child ${child.pid}`);
+    trace('%s: launched child %d', this.label, child.pid);
     const stdin = child.stdin!;
     const stdout = child.stdout!;
     // A child that exits without reading its input must not cost the peer the output it made:
@@ -143,6 +147,7 @@ export class Session implements ChildEvents {
     if (stdin.destroyed) this.discardInput();
     else socket.pipe(stdin, { end: false });
     stdout.pipe(socket);
+    if (tracing) stdout.once('end', () => trace('%s: child EOF', this.label));
     // The peer ended, or shutdown began, while the child was starting: it gets what it missed.
     if (this.peerEnded || this.shuttingDown) this.endChild();
   }
@@ -157,6 +162,7 @@ export class Session implements ChildEvents {
 
   exited(code: number | null, signal: NodeJS.Signals | null): void {
     if (this.running) this.phase = 'exited';
+    trace('%s: child exited, status %s, signal %s', this.label, code, signal);
     const { log } = this.options;
     // The original's lines: the pid tells the child, and `started child` tells whose it was.
     const pid = this.child?.pid;
@@ -183,6 +189,7 @@ export class Session implements ChildEvents {
     const lost = fd === undefined ? undefined : connectionLost(fd);
     if (lost === undefined) return;
     this.options.log.info(`${this.label}: connection lost (${lost})`);
+    trace('%s: close: connection lost (%s)', this.label, lost);
     socket.destroy();
   }
 
@@ -199,12 +206,14 @@ export class Session implements ChildEvents {
   /** Second shutdown signal: no more waiting. */
   kill(): void {
     if (this.running) this.child?.kill('SIGKILL');
+    trace('%s: close: killed at shutdown', this.label);
     this.socket.destroy();
   }
 
   private onSpawnFailed(error: unknown): void {
     const { options } = this;
     options.log.error(`${this.label}: Failed to execute ${JSON.stringify(options.command)}: ${reason(error)}`);
+    if (tracing) trace('%s: launch failed: %s', this.label, reason(error));
     this.socket.unpipe();
     this.discardInput();
     this.socket.end();
@@ -212,6 +221,7 @@ export class Session implements ChildEvents {
   }
 
   private onSocketClosed(): void {
+    trace('%s: connection closed', this.label);
     this.socketClosed = true;
     clearTimeout(this.linger?.timer);
     this.linger = undefined;
@@ -224,6 +234,7 @@ export class Session implements ChildEvents {
 
   /** The peer has ended its side: the child gets EOF (and -s); what it writes still goes to the peer. */
   private onPeerEnded(): void {
+    trace('%s: peer EOF', this.label);
     this.peerEnded = true;
     this.endChild();
   }
@@ -266,6 +277,7 @@ export class Session implements ChildEvents {
     if (this.phase !== 'running') return;
     this.phase = 'told';
     const { log, endSignal } = this.options;
+    trace('%s: child told to end, signal %s', this.label, endSignal ?? 'none');
     log.info(`Waiting for process ${this.child?.pid} to exit`);
     if (endSignal) this.child?.kill(endSignal);
   }
@@ -273,6 +285,7 @@ export class Session implements ChildEvents {
   private endChildInput(): void {
     const stdin = this.child?.stdin;
     if (stdin && !stdin.writableEnded && !stdin.destroyed) {
+      trace('%s: half-close: child stdin ended', this.label);
       this.socket.unpipe(stdin);
       stdin.end();
     }
@@ -304,7 +317,7 @@ export class Session implements ChildEvents {
     const at = Date.now() + ms;
     if (this.linger && this.linger.at <= at) return;
     clearTimeout(this.linger?.timer);
-    this.linger = { timer: setTimeout(() => this.socket.destroy(), ms).unref(), at };
+    this.linger = { timer: setTimeout(() => this.closeLingered(), ms).unref(), at };
   }
 
   /**
@@ -322,6 +335,7 @@ export class Session implements ChildEvents {
     this.stallWatch = setInterval(() => {
       if (socket.writableLength > 0 && gone() === before) {
         this.options.log.info(`${this.label}: the peer took none of its child's output for ${LINGER_MS / 1000} s after the child exited; connection closed`);
+        trace('%s: close: the peer took no output', this.label);
         socket.destroy();
       }
       before = gone();
@@ -333,9 +347,15 @@ export class Session implements ChildEvents {
     return this.phase === 'running' || this.phase === 'told';
   }
 
+  private closeLingered(): void {
+    trace('%s: close: linger over', this.label);
+    this.socket.destroy();
+  }
+
   private finishIfDone(): void {
     if (!this.socketClosed || this.phase !== 'gone') return;
     this.phase = 'ended';
+    trace('%s: end', this.label);
     this.options.ended(this);
   }
 }
