@@ -4,6 +4,7 @@ import type { Readable } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
 import { quote, type Logger } from '../log/logger.js';
 import { reason } from '../log/reason.js';
+import { trace, tracing } from '../log/trace.js';
 import { AliasBook } from './alias-book.js';
 import { saveCertificate } from './cert-dir.js';
 import { baseEnvironment, connectionEnvironment } from './child-env.js';
@@ -243,14 +244,17 @@ export class Daemon {
     const label = formatAddress(target.host, target.port);
     const { log, handshakeTimeoutMs } = this.options;
     log.debug(`Connecting to ${target.host}, port ${target.port}`);
+    trace('%s: dial', label);
     let socket: TLSSocket;
     try {
       socket = await dial(target, this.identity.context, handshakeTimeoutMs, this.options.proxy);
     } catch (error) {
+      if (tracing) trace('%s: dial failed: %s', label, reason(error));
       log.warning(`Cannot connect to ${label}: ${reason(error)}`);
       this.peers.release();
       return;
     }
+    if (tracing) trace('%s: handshake done, %s %s', label, socket.getProtocol(), socket.getCipher().name);
     // The address connected to, as the original names it; through a proxy, the name dialed.
     log.info(`Connected to ${this.options.proxy ? target.host : (socket.remoteAddress ?? target.host)}, port ${target.port}`);
     this.serve(socket, 'CLIENT', label, { pin: target.pin, host: target.host });
@@ -289,6 +293,7 @@ export class Daemon {
     socket.on('error', () => {}); // until the session takes over; it logs errors itself
     const verdict = checkPeer(socket, this.trust, expectation);
     if ('refused' in verdict) {
+      trace('%s: refused: %s', remote, verdict.refused);
       log.warning(`${remote}: ${verdict.refused}, connection closed`);
       closeGently(socket);
       return undefined;
@@ -303,11 +308,13 @@ export class Daemon {
       if (failure) log.warning(`${remote}: cannot save the certificate in ${options.certDir}: ${reason(failure)}`);
     }
     if (this.stopping || socket.destroyed) {
+      trace('%s: dropped: %s', remote, this.stopping ? 'shutting down' : 'connection closed');
       socket.destroy();
       return undefined;
     }
     const names = peerNames(socket, { side, dialed: expectation.host, certificate, note: (problem) => log.notice(`${remote}: ${problem}`) });
     const env = connectionEnvironment(socket, { side, peer, ...names, proxied });
+    trace('%s: admitted as %s, SHA256 %s', remote, side, sha256 ?? '(none)');
     const session = new Session(socket, this.sessionSettings, remote, env);
     this.sessions.set(session, { side, remote, sha256, alias: peer.alias });
     options.onPeerCount?.(this.sessions.size);

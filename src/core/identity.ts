@@ -65,11 +65,11 @@ export async function loadIdentity({ keyFile, certFile, caFile }: IdentityFiles)
   try {
     context = createSecureContext(options);
   } catch (error) {
-    const why = reason(error);
-    if (/key values mismatch/i.test(why)) {
+    // By OpenSSL's reason code, which Node names after it: the message's words are OpenSSL's to change.
+    if ((error as NodeJS.ErrnoException).code === 'ERR_OSSL_X509_KEY_VALUES_MISMATCH') {
       throw new IdentityError(`Key file ${keyFile} does not match certificate file ${certFile}`);
     }
-    throw new IdentityError(`Cannot use key file ${keyFile} with certificate file ${certFile}: ${why}`);
+    throw new IdentityError(`Cannot use key file ${keyFile} with certificate file ${certFile}: ${reason(error)}`);
   }
   return { context, options, fingerprint: fingerprint(leaf.raw), exposure: await exposure(keyFile) };
 }

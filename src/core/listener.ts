@@ -4,6 +4,7 @@ import { createServer as createTlsServer, type SecureContextOptions, type Server
 import { BurstLog } from '../log/burst-log.js';
 import type { Logger } from '../log/logger.js';
 import { reason } from '../log/reason.js';
+import { trace, tracing } from '../log/trace.js';
 import { tcpSocketOf } from '../os/tcp-probe.js';
 import { addressGroup } from './address-group.js';
 import { HandshakeSlots, type Eviction } from './handshake-slots.js';
@@ -110,10 +111,13 @@ export class Listener {
       // address, the one a PROXY header named when there was one.
       const client = pending?.proxied?.source ?? { address: tcp.remoteAddress, port: tcp.remotePort };
       options.log.info(`Accepted a TCP connection from ${client.address}, port ${client.port}`);
-      options.onSecure(socket, pending?.label ?? remoteOf(socket), pending?.proxied);
+      const label = pending?.label ?? remoteOf(socket);
+      if (tracing) trace('%s: handshake done, %s %s', label, socket.getProtocol(), socket.getCipher().name);
+      options.onSecure(socket, label, pending?.proxied);
     });
     this.tls.on('tlsClientError', (error: Error, socket: TLSSocket) => {
       const label = this.release(tcpSocketOf(socket) ?? socket);
+      if (tracing) trace('%s: handshake failed: %s', label ?? remoteOf(socket), reason(error));
       if (label !== undefined) options.log.info(`${label}: TLS handshake has failed: ${reason(error)}`);
       // Node leaves a failed socket open when this event has a listener: close it, or it leaks.
       socket.destroy();
@@ -172,12 +176,14 @@ export class Listener {
       refusals = new BurstLog(this.options.log, EVICTION_SUMMARY_MS, (count, seconds, last) => `${count} more connection(s) refused in the last ${seconds} s, the last: ${last}`, REFUSALS_IN_FULL);
       this.refusals.set(kind, refusals);
     }
+    trace('%s: refused: %s', remote, why);
     refusals.report(`${remote}: connection refused: ${why}`, `${remote}: connection refused: ${why}`);
     socket.destroy();
   }
 
   private accept(socket: Socket): void {
     const remote = formatAddress(socket.remoteAddress, socket.remotePort);
+    trace('%s: accept', remote);
     const { maxHandshakes, maxPerAddress, trustedProxies } = this.options;
     // Reset before tlsd could ask who it was: neither trusted nor not, and nobody to serve. This
     // is what a balancer's health checks look like when they beat the event loop (HAProxy resets
@@ -245,6 +251,7 @@ export class Listener {
       if ('refused' in preamble) this.turnAway(socket, remote, preamble.refused);
       else {
         if ('gone' in preamble) log.info(`${remote}: ${preamble.gone}`);
+        trace('%s: closed before TLS', remote);
         socket.destroy();
       }
       return;
@@ -253,6 +260,7 @@ export class Listener {
       const { source } = preamble.proxied;
       pending.label = `${formatAddress(source.address, source.port)} via ${remote}`;
       pending.proxied = preamble.proxied;
+      trace('%s: accept, by its PROXY header', pending.label);
       const group = addressGroup(source.address);
       const fromGroup = this.perAddress.get(group) ?? 0;
       if (maxPerAddress !== undefined && fromGroup >= maxPerAddress) {
@@ -272,6 +280,7 @@ export class Listener {
     const pending = this.pending.get(socket);
     const label = this.release(socket);
     if (label === undefined) return;
+    trace('%s: handshake failed: timeout', label);
     const seconds = Math.round(this.options.handshakeTimeoutMs / 1000);
     if (pending?.reading && pending.fromBalancer) this.options.log.warning(`${label}: connection refused: no whole PROXY header within ${seconds} s`);
     // As Node words its own handshake timeout, so that one line means one thing whichever fired.
@@ -302,6 +311,7 @@ export class Listener {
   /** Ends a pending handshake that gave its slot up to `newcomer` (its slot is already taken). */
   private evict({ item: socket, group, held }: Eviction<Socket>, newcomer: string): void {
     const victim = this.forget(socket)?.label ?? formatAddress(socket.remoteAddress, socket.remotePort);
+    trace('%s: evicted for %s', victim, newcomer);
     this.evictions.report(`${victim}: handshake evicted to make room for ${newcomer}: ${group} held the most pending handshakes (${held} of ${this.options.maxHandshakes})`, group);
     socket.destroy();
   }

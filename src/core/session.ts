@@ -1,6 +1,7 @@
 import type { TLSSocket } from 'node:tls';
 import type { Logger } from '../log/logger.js';
 import { reason } from '../log/reason.js';
+import { trace, tracing } from '../log/trace.js';
 import { connectionLost, descriptorOf } from '../os/tcp-probe.js';
 import type { Environment } from '../launch/launch.js';
 import type { ChildEvents, ChildLike, Launch } from '../launch/launch.js';
@@ -33,28 +34,38 @@ const LINGER_MS = 10_000;
 const SHUTDOWN_LINGER_MS = 1_000;
 
 /**
+ * Where a session is, in the order it gets there, named after its child: `new` until start()
+ * launches it; `starting` once launched, until it runs (or fails: then `gone`); `running`; `told`,
+ * still running once endChild has told it (stdin ended, -s sent), never twice; `exited`, its
+ * output perhaps still on the way; `gone`, nothing more of it to wait for; `ended` once the
+ * connection is closed too and `settings.ended` has been called, once.
+ */
+type Phase = 'new' | 'starting' | 'running' | 'told' | 'exited' | 'gone' | 'ended';
+
+/**
  * One peer: the decrypted stream wired to one child's stdin and stdout. Each direction ends on its
  * own (half-close), and nothing the child wrote is lost because the peer stopped sending, or the
  * other way round. `settings.ended` is called once both the connection and the child are gone.
  */
 export class Session implements ChildEvents {
   private child: ChildLike | undefined;
-  private childRunning = false;
-  /** Launched, but not yet running or failed: the session waits for it either way. */
-  private childStarting = false;
+  private phase: Phase = 'new';
+  /**
+   * The connection is closed. It and the two below are the connection's, apart from the phase:
+   * they come in any order relative to the child's events (a peer may leave before its child
+   * starts, or long after it exited), and the peer's side and ours end independently (half-close).
+   */
   private socketClosed = false;
   /** The peer ended its side (FIN or close_notify): the child's stdin ends there too. */
   private peerEnded = false;
-  /** endChild has told the running child (stdin ended, -s sent): it is never told twice. */
-  private childTold = false;
-  private childGone = false;
+  /** Our side is flushed: all the child's output reached the peer's kernel, close_notify sent. */
   private outputFlushed = false;
+  /** The daemon's shutdown, which comes at any phase and shortens the linger (lingerIfDone). */
   private shuttingDown = false;
   /** Closes the connection once our side is over (see lingerIfDone); none while the child runs. */
   private linger: { timer: NodeJS.Timeout; at: number } | undefined;
   /** Once the child has exited with output still to deliver: checks that the peer takes it. */
   private stallWatch: NodeJS.Timeout | undefined;
-  private finished = false;
 
   /**
    * `label` names the peer in log lines (e.g. `127.0.0.1:40312`); `env` is the connection's
@@ -72,7 +83,7 @@ export class Session implements ChildEvents {
   readonly startedAt = Date.now();
 
   get pid(): number | undefined {
-    return this.childRunning ? this.child?.pid : undefined;
+    return this.running ? this.child?.pid : undefined;
   }
 
   /** Bytes from the peer, and to it, so far. */
@@ -87,6 +98,7 @@ export class Session implements ChildEvents {
   start(): void {
     const { socket, options } = this;
     socket.on('error', (error) => {
+      if (tracing) trace('%s: connection error: %s', this.label, reason(error));
       if (!this.socketClosed) options.log.info(`${this.label}: connection error: ${reason(error)}`);
       // A TLS protocol error (a malformed record, a fatal alert) leaves Node's socket open.
       socket.destroy();
@@ -95,6 +107,7 @@ export class Session implements ChildEvents {
     // Piped with { end: false }: the end of the peer's side is endChild's to pass on, -s and all.
     socket.on('end', () => this.onPeerEnded());
     socket.on('finish', () => {
+      trace('%s: output flushed', this.label);
       this.outputFlushed = true;
       this.lingerIfDone();
     });
@@ -107,7 +120,7 @@ export class Session implements ChildEvents {
       this.onSpawnFailed(error);
       return;
     }
-    this.childStarting = true;
+    this.phase = 'starting';
   }
 
   // The child's events (ChildEvents), in the order it reports them.
@@ -115,9 +128,9 @@ export class Session implements ChildEvents {
   spawned(): void {
     const { socket, options } = this;
     const child = this.child!;
-    this.childStarting = false;
-    this.childRunning = true;
+    this.phase = 'running';
     options.log.info(`${this.label}: started child ${child.pid}`);
+    trace('%s: launched child %d', this.label, child.pid);
     const stdin = child.stdin!;
     const stdout = child.stdout!;
     // A child that exits without reading its input must not cost the peer the output it made:
@@ -134,21 +147,22 @@ export class Session implements ChildEvents {
     if (stdin.destroyed) this.discardInput();
     else socket.pipe(stdin, { end: false });
     stdout.pipe(socket);
+    if (tracing) stdout.once('end', () => trace('%s: child EOF', this.label));
     // The peer ended, or shutdown began, while the child was starting: it gets what it missed.
     if (this.peerEnded || this.shuttingDown) this.endChild();
   }
 
   failed(error: Error): void {
-    if (!this.childStarting) {
+    if (this.phase !== 'starting') {
       this.options.log.warning(`${this.label}: child ${this.child?.pid}: ${reason(error)}`);
       return;
     }
-    this.childStarting = false;
     this.onSpawnFailed(error);
   }
 
   exited(code: number | null, signal: NodeJS.Signals | null): void {
-    this.childRunning = false;
+    if (this.running) this.phase = 'exited';
+    trace('%s: child exited, status %s, signal %s', this.label, code, signal);
     const { log } = this.options;
     // The original's lines: the pid tells the child, and `started child` tells whose it was.
     const pid = this.child?.pid;
@@ -175,6 +189,7 @@ export class Session implements ChildEvents {
     const lost = fd === undefined ? undefined : connectionLost(fd);
     if (lost === undefined) return;
     this.options.log.info(`${this.label}: connection lost (${lost})`);
+    trace('%s: close: connection lost (%s)', this.label, lost);
     socket.destroy();
   }
 
@@ -190,13 +205,15 @@ export class Session implements ChildEvents {
 
   /** Second shutdown signal: no more waiting. */
   kill(): void {
-    if (this.childRunning) this.child?.kill('SIGKILL');
+    if (this.running) this.child?.kill('SIGKILL');
+    trace('%s: close: killed at shutdown', this.label);
     this.socket.destroy();
   }
 
   private onSpawnFailed(error: unknown): void {
     const { options } = this;
     options.log.error(`${this.label}: Failed to execute ${JSON.stringify(options.command)}: ${reason(error)}`);
+    if (tracing) trace('%s: launch failed: %s', this.label, reason(error));
     this.socket.unpipe();
     this.discardInput();
     this.socket.end();
@@ -204,18 +221,20 @@ export class Session implements ChildEvents {
   }
 
   private onSocketClosed(): void {
+    trace('%s: connection closed', this.label);
     this.socketClosed = true;
     clearTimeout(this.linger?.timer);
     this.linger = undefined;
     clearInterval(this.stallWatch);
     this.stallWatch = undefined;
     this.cutOffChild();
-    if (!this.childRunning && !this.childStarting) this.releaseChild();
+    if (!this.running && this.phase !== 'starting') this.releaseChild();
     this.finishIfDone();
   }
 
   /** The peer has ended its side: the child gets EOF (and -s); what it writes still goes to the peer. */
   private onPeerEnded(): void {
+    trace('%s: peer EOF', this.label);
     this.peerEnded = true;
     this.endChild();
   }
@@ -241,8 +260,8 @@ export class Session implements ChildEvents {
   }
 
   private onChildGone(): void {
-    if (this.childGone) return;
-    this.childGone = true;
+    if (this.phase === 'gone' || this.phase === 'ended') return;
+    this.phase = 'gone';
     this.lingerIfDone();
     this.finishIfDone();
   }
@@ -255,9 +274,10 @@ export class Session implements ChildEvents {
    */
   private endChild(): void {
     this.endChildInput();
-    if (!this.childRunning || this.childTold) return;
-    this.childTold = true;
+    if (this.phase !== 'running') return;
+    this.phase = 'told';
     const { log, endSignal } = this.options;
+    trace('%s: child told to end, signal %s', this.label, endSignal ?? 'none');
     log.info(`Waiting for process ${this.child?.pid} to exit`);
     if (endSignal) this.child?.kill(endSignal);
   }
@@ -265,6 +285,7 @@ export class Session implements ChildEvents {
   private endChildInput(): void {
     const stdin = this.child?.stdin;
     if (stdin && !stdin.writableEnded && !stdin.destroyed) {
+      trace('%s: half-close: child stdin ended', this.label);
       this.socket.unpipe(stdin);
       stdin.end();
     }
@@ -287,7 +308,7 @@ export class Session implements ChildEvents {
    * again as things change, it only ever brings the close nearer.
    */
   private lingerIfDone(): void {
-    if (this.socketClosed || this.childRunning || this.childStarting) return;
+    if (this.socketClosed || this.running || this.phase === 'starting') return;
     if (!this.outputFlushed && !this.shuttingDown) {
       this.watchForStall();
       return;
@@ -296,7 +317,7 @@ export class Session implements ChildEvents {
     const at = Date.now() + ms;
     if (this.linger && this.linger.at <= at) return;
     clearTimeout(this.linger?.timer);
-    this.linger = { timer: setTimeout(() => this.socket.destroy(), ms).unref(), at };
+    this.linger = { timer: setTimeout(() => this.closeLingered(), ms).unref(), at };
   }
 
   /**
@@ -314,15 +335,27 @@ export class Session implements ChildEvents {
     this.stallWatch = setInterval(() => {
       if (socket.writableLength > 0 && gone() === before) {
         this.options.log.info(`${this.label}: the peer took none of its child's output for ${LINGER_MS / 1000} s after the child exited; connection closed`);
+        trace('%s: close: the peer took no output', this.label);
         socket.destroy();
       }
       before = gone();
     }, LINGER_MS).unref();
   }
 
+  /** The child runs (told or not): it has a pid, and can be signalled. */
+  private get running(): boolean {
+    return this.phase === 'running' || this.phase === 'told';
+  }
+
+  private closeLingered(): void {
+    trace('%s: close: linger over', this.label);
+    this.socket.destroy();
+  }
+
   private finishIfDone(): void {
-    if (!this.socketClosed || !this.childGone || this.finished) return;
-    this.finished = true;
+    if (!this.socketClosed || this.phase !== 'gone') return;
+    this.phase = 'ended';
+    trace('%s: end', this.label);
     this.options.ended(this);
   }
 }
