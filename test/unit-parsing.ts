@@ -9,12 +9,13 @@ import { parseSignal } from '../src/os/signal-names.js';
 import { reason } from '../src/log/reason.js';
 
 t.test('dial lines', async (t) => {
-  t.same(parseDialLine('localhost 5600'), { target: { host: 'localhost', port: 5600 } });
-  t.same(parseDialLine('  example.com.\t443 '), { target: { host: 'example.com.', port: 443 } });
+  t.same(parseDialLine('localhost 5600'), { target: { host: 'localhost', name: 'localhost', port: 5600 } });
+  // The name as written is looked up (fully qualified stays so); SNI and checks get its one form.
+  t.same(parseDialLine('  Example.COM.\t443 '), { target: { host: 'Example.COM.', name: 'example.com', port: 443 } });
   t.same(parseDialLine('::1 5600'), { target: { host: '::1', port: 5600 } });
   t.same(parseDialLine('[2001:db8::1] 80'), { target: { host: '2001:db8::1', port: 80 } });
   t.same(parseDialLine('10.0.0.1 1'), { target: { host: '10.0.0.1', port: 1 } });
-  t.same(parseDialLine('abc.onion 18765'), { target: { host: 'abc.onion', port: 18765 } });
+  t.same(parseDialLine('abc.onion 18765'), { target: { host: 'abc.onion', name: 'abc.onion', port: 18765 } });
   t.same(parseDialLine(''), { blank: true });
   t.same(parseDialLine('   '), { blank: true });
   for (const bad of ['localhost', 'a b c', 'host 0', 'host 65536', 'host http', 'ho$t 80', '-x 80', 'a..b 80', '[::1 80']) {
@@ -24,7 +25,7 @@ t.test('dial lines', async (t) => {
 
 t.test('dial lines with a fingerprint pin', async (t) => {
   const hex = 'ab'.repeat(32);
-  t.same(parseDialLine(`localhost 5600 ${hex}`), { target: { host: 'localhost', port: 5600, pin: hex } });
+  t.same(parseDialLine(`localhost 5600 ${hex}`), { target: { host: 'localhost', name: 'localhost', port: 5600, pin: hex } });
   const openssl = hex.toUpperCase().match(/../g)!.join(':');
   t.same(parseDialLine(`::1 5600 ${openssl}`), { target: { host: '::1', port: 5600, pin: hex } });
   t.same(parseDialLine(`::1 5600 SHA256:${hex}`), { target: { host: '::1', port: 5600, pin: hex } });

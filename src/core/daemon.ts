@@ -253,7 +253,7 @@ export class Daemon {
     }
     // The address connected to, as the original names it; through a proxy, the name dialed.
     log.info(`Connected to ${this.options.proxy ? target.host : (socket.remoteAddress ?? target.host)}, port ${target.port}`);
-    this.serve(socket, 'CLIENT', label, { pin: target.pin, host: target.host });
+    this.serve(socket, 'CLIENT', label, { pin: target.pin, host: target.name ?? target.host });
   }
 
   /**

@@ -25,7 +25,7 @@ const REPLIES: Record<number, string> = {
 
 /**
  * Opens a TCP connection to `host:port` through a SOCKS5 proxy (RFC 1928, no authentication,
- * CONNECT). A host name is sent as a name (ATYP 3) and only the proxy resolves it: nothing is
+ * CONNECT); `host` is an address or a host name in its one form (canonicalHostName). A host name is sent as a name (ATYP 3) and only the proxy resolves it: nothing is
  * looked up here, which is what `.onion` names need and what keeps DNS from leaking around Tor.
  * Resolves with the socket, ready for TLS, once the proxy says it is connected; rejects with a
  * one-line error naming the proxy on any failure, including no success within `timeoutMs`.
@@ -98,7 +98,7 @@ function connectRequest(host: string, port: number): Buffer {
   const family = isIP(host);
   if (family === 4) return Buffer.concat([head, Buffer.from([1, ...host.split('.').map(Number)]), portBytes]);
   if (family === 6) return Buffer.concat([head, Buffer.from([4]), ipv6Bytes(host), portBytes]);
-  const name = Buffer.from(host.replace(/\.$/, ''), 'ascii');
+  const name = Buffer.from(host, 'ascii');
   if (name.length === 0 || name.length > 255) throw new Error(`host name too long for SOCKS5: ${host}`);
   return Buffer.concat([head, Buffer.from([3, name.length]), name, portBytes]);
 }
