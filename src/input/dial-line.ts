@@ -1,4 +1,5 @@
 import { isIP } from 'node:net';
+import { normalizeFingerprint } from '../peer/fingerprint.js';
 import { canonicalHostName } from './host-name.js';
 import type { InputLine } from './line-reader.js';
 
@@ -75,13 +76,4 @@ export async function* joinSplitTargets(lines: AsyncIterable<InputLine>): AsyncG
 
 function fieldsOf(line: string): string[] {
   return line.trim().split(/[ \t]+/).filter((field) => field !== '');
-}
-
-/**
- * A SHA-256 fingerprint as tlsd prints it (lowercase hex), from that form or from openssl's
- * `AB:CD:…`, optionally prefixed `SHA256:`; undefined when it is neither.
- */
-export function normalizeFingerprint(text: string): string | undefined {
-  const hex = text.replace(/^sha256:/i, '').replace(/:/g, '').toLowerCase();
-  return /^[0-9a-f]{64}$/.test(hex) ? hex : undefined;
 }
