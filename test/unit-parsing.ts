@@ -1,3 +1,4 @@
+import { constants } from 'node:os';
 import { Readable } from 'node:stream';
 import t from 'tap';
 import { takeActivatedSockets } from '../src/service/activation.js';
@@ -6,7 +7,7 @@ import { fingerprint } from '../src/peer/fingerprint.js';
 import { readLines, type InputLine } from '../src/input/line-reader.js';
 import { PeerTable } from '../src/core/peer-table.js';
 import { parseSignal } from '../src/os/signal-names.js';
-import { reason } from '../src/log/reason.js';
+import { reason, socketReason } from '../src/log/reason.js';
 
 t.test('dial lines', async (t) => {
   t.same(parseDialLine('localhost 5600'), { target: { host: 'localhost', name: 'localhost', port: 5600 } });
@@ -103,6 +104,13 @@ t.test('reason gives one short line', async (t) => {
   t.equal(reason(directory), 'illegal operation on a directory (EISDIR)');
   // The CLI runs our own wrapped line through reason() again: the code must survive.
   t.equal(reason(new Error(`Cannot read key file /tmp: ${reason(directory)}`)), 'Cannot read key file /tmp: illegal operation on a directory (EISDIR)');
+  // Any call that names a path: std2fifo's words for its directory come from here too.
+  const opendir = Object.assign(new Error("EACCES: permission denied, opendir '/x'"), { code: 'EACCES' });
+  t.equal(reason(opendir), 'permission denied (EACCES)');
+  // Where the address is in our own line, a socket's errno in the system's words, once.
+  const refused = Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:1080'), { code: 'ECONNREFUSED', errno: -constants.errno.ECONNREFUSED });
+  t.equal(reason(refused), 'connect ECONNREFUSED 127.0.0.1:1080', 'a dial line names no more than Node does');
+  t.equal(socketReason(refused), 'connection refused (ECONNREFUSED)');
 });
 
 t.test('socket activation reads LISTEN_FDS only when LISTEN_PID is ours, and removes the variables', async (t) => {

@@ -1,6 +1,5 @@
 import { connect, isIP, type Socket } from 'node:net';
-import { getSystemErrorMap } from 'node:util';
-import { reason } from '../log/reason.js';
+import { reason, socketReason } from '../log/reason.js';
 import type { ProxyAddress } from '../input/proxy-url.js';
 
 /** RFC 1928 replies, and Tor's for onion services (its socks-extensions.txt). */
@@ -77,18 +76,13 @@ export function connectThroughProxy(proxy: ProxyAddress, host: string, port: num
       if (received.length > length) socket.unshift(received.subarray(length));
       resolve(socket);
     };
+    // The proxy's address is in the label already.
     const onError = (error: Error): void => fail(socketReason(error));
     const onEnd = (): void => fail('it closed the connection during the SOCKS5 handshake');
     socket.on('data', onData).once('error', onError).once('end', onEnd);
     // Version 5, one method offered: 0, no authentication.
     socket.once('connect', () => socket.write(Buffer.from([5, 1, 0])));
   });
-}
-
-/** `connection refused (ECONNREFUSED)`: the proxy's address is in the label already. */
-function socketReason(error: NodeJS.ErrnoException): string {
-  const known = typeof error.errno === 'number' ? getSystemErrorMap().get(error.errno) : undefined;
-  return known ? `${known[1]} (${error.code ?? known[0]})` : reason(error);
 }
 
 /** CONNECT to an address (ATYP 1 or 4) or a name (ATYP 3, resolved by the proxy). */
