@@ -5,7 +5,7 @@ import { takeActivatedSockets } from '../src/service/activation.js';
 import { joinSplitTargets, parseDialLine } from '../src/input/dial-line.js';
 import { fingerprint } from '../src/peer/fingerprint.js';
 import { readLines, type InputLine } from '../src/input/line-reader.js';
-import { PeerTable } from '../src/core/peer-table.js';
+import { PeerSlots } from '../src/core/peer-slots.js';
 import { parseSignal } from '../src/os/signal-names.js';
 import { reason, socketReason } from '../src/log/reason.js';
 
@@ -79,19 +79,19 @@ t.test("a host alone on its line takes its port from the next line that is not b
   t.same(await joined(['a 1\n', '\n', 'b 2\n']), [{ line: 'a 1' }, { line: '' }, { line: 'b 2' }], 'lines that need no joining are as they were');
 });
 
-t.test('peer table: refuses at the limit, queued waiters get freed slots in order', async (t) => {
-  const table = new PeerTable(2);
-  t.ok(table.tryAcquire());
-  t.ok(table.tryAcquire());
-  t.notOk(table.tryAcquire());
+t.test('peer slots: refuses at the limit, queued waiters get freed slots in order', async (t) => {
+  const slots = new PeerSlots(2);
+  t.ok(slots.tryAcquire());
+  t.ok(slots.tryAcquire());
+  t.notOk(slots.tryAcquire());
   const order: string[] = [];
-  const first = table.acquire().then((ok) => order.push(`first ${ok}`));
-  const second = table.acquire().then((ok) => order.push(`second ${ok}`));
-  table.release();
+  const first = slots.acquire().then((ok) => order.push(`first ${ok}`));
+  const second = slots.acquire().then((ok) => order.push(`second ${ok}`));
+  slots.release();
   await first;
   t.same(order, ['first true']);
-  t.equal(table.size, 2, 'the slot passed to the waiter');
-  table.close();
+  t.equal(slots.taken, 2, 'the slot passed to the waiter');
+  slots.close();
   await second;
   t.same(order, ['first true', 'second false']);
 });

@@ -16,7 +16,7 @@ import { readLines } from '../input/line-reader.js';
 import { formatAddress, Listener } from './listener.js';
 import { checkPeer, type Expectation, type TrustPolicy } from './peer-check.js';
 import { peerNames } from './peer-names.js';
-import { PeerTable } from './peer-table.js';
+import { PeerSlots } from './peer-slots.js';
 import type { ProxiedEndpoints } from '../input/proxy-header.js';
 import type { ProxyAddress } from '../input/proxy-url.js';
 import { Session, type SessionSettings } from './session.js';
@@ -73,7 +73,7 @@ const PROBE_INTERVAL_MS = 1_000;
 export class Daemon {
   private readonly sessions = new Map<Session, PeerRow>();
   private readonly spawner: SpawnHelper | undefined;
-  private readonly peers: PeerTable;
+  private readonly slots: PeerSlots;
   private readonly listener: Listener;
   private readonly trust: TrustPolicy;
   private readonly sessionSettings: SessionSettings;
@@ -89,7 +89,7 @@ export class Daemon {
     aliases: AliasBook | undefined,
   ) {
     this.trust = { requireCert: options.requireCert, verifyChain: options.caFile !== undefined, aliases };
-    this.peers = new PeerTable(options.maxPeers);
+    this.slots = new PeerSlots(options.maxPeers);
     // What children get at descriptors 3, 4, … in place of activated sockets.
     const coverFds = options.activated?.length ? options.activated.map(() => openSync('/dev/null', 'r')) : [];
     const base = baseEnvironment(process.env);
@@ -110,7 +110,7 @@ export class Daemon {
       log: options.log,
       refuse: () => this.refusal(),
       onSecure: (socket, remote, proxied) => {
-        if (this.refusal() === undefined && this.peers.tryAcquire()) this.serve(socket, 'SERVER', remote, {}, proxied);
+        if (this.refusal() === undefined && this.slots.tryAcquire()) this.serve(socket, 'SERVER', remote, {}, proxied);
         else this.listener.turnAway(socket, remote, this.refusal() ?? 'peer limit reached');
       },
     });
@@ -144,7 +144,7 @@ export class Daemon {
   }
 
   get peerCount(): number {
-    return this.peers.size;
+    return this.slots.taken;
   }
 
   /** SIGUSR1: one line per peer, for an operator asking what is going on. */
@@ -195,7 +195,7 @@ export class Daemon {
     this.listener.close();
     this.options.dialInput?.destroy();
     this.trust.aliases?.close();
-    this.peers.close();
+    this.slots.close();
     for (const session of this.sessions.keys()) session.end();
     this.drained = this.sessions.size === 0 ? Promise.resolve() : new Promise((resolve) => (this.lastSessionEnded = resolve));
     return this.drained;
@@ -209,7 +209,7 @@ export class Daemon {
 
   private refusal(): string | undefined {
     if (this.stopping) return 'shutting down';
-    if (this.peers.size >= this.peers.max) return `peer limit reached (${this.peers.max})`;
+    if (this.slots.taken >= this.slots.max) return `peer limit reached (${this.slots.max})`;
     return undefined;
   }
 
@@ -229,7 +229,7 @@ export class Daemon {
           continue;
         }
         // Waiting here stops reading stdin, so queued lines cost nothing until a slot frees.
-        if (!(await this.peers.acquire())) break;
+        if (!(await this.slots.acquire())) break;
         void this.dialAndServe(parsed.target);
       }
       // As the original: the end of stdin stops dialing, not serving.
@@ -248,7 +248,7 @@ export class Daemon {
       socket = await dial(target, this.identity.context, handshakeTimeoutMs, this.options.proxy);
     } catch (error) {
       log.warning(`Cannot connect to ${label}: ${reason(error)}`);
-      this.peers.release();
+      this.slots.release();
       return;
     }
     // The address connected to, as the original names it; through a proxy, the name dialed.
@@ -263,20 +263,20 @@ export class Daemon {
   private serve(socket: TLSSocket, side: Side, remote: string, expectation: Expectation, proxied?: ProxiedEndpoints): void {
     this.admit(socket, side, remote, expectation, proxied).then(
       (session) => {
-        if (!session) this.peers.release();
+        if (!session) this.slots.release();
       },
       (error: unknown) => {
         // A fault of ours while admitting one peer ends that connection, not the daemon.
         this.options.log.error(`${remote}: ${reason(error)}, connection closed`);
         socket.destroy();
-        this.peers.release();
+        this.slots.release();
       },
     );
   }
 
   private sessionEnded(session: Session): void {
     this.sessions.delete(session);
-    this.peers.release();
+    this.slots.release();
     this.options.onPeerCount?.(this.sessions.size);
     this.options.log.info(`${session.label}: session ended`);
     if (this.sessions.size === 0) this.lastSessionEnded?.();
