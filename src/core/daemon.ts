@@ -143,8 +143,12 @@ export class Daemon {
     return daemon;
   }
 
+  /**
+   * The peers served: one per session (systemd's STATUS=, SIGUSR1's Status: line). A slot is held
+   * from before that, by a dial or an admission still under way, which is no peer yet.
+   */
   get peerCount(): number {
-    return this.slots.taken;
+    return this.sessions.size;
   }
 
   /** SIGUSR1: one line per peer, for an operator asking what is going on. */
@@ -153,7 +157,7 @@ export class Daemon {
   }
 
   statusLines(now = Date.now()): string[] {
-    const lines = [`Status: ${this.sessions.size} peer(s), ${this.listener.pendingHandshakes} handshake(s) in progress`];
+    const lines = [`Status: ${this.peerCount} peer(s), ${this.listener.pendingHandshakes} handshake(s) in progress`];
     for (const [session, row] of this.sessions) {
       const who = row.sha256 === undefined ? 'no certificate' : `SHA256 ${row.sha256}${row.alias === undefined ? '' : ` (${row.alias})`}`;
       const child = session.pid === undefined ? 'child gone' : `child ${session.pid}`;
@@ -277,7 +281,7 @@ export class Daemon {
   private sessionEnded(session: Session): void {
     this.sessions.delete(session);
     this.slots.release();
-    this.options.onPeerCount?.(this.sessions.size);
+    this.options.onPeerCount?.(this.peerCount);
     this.options.log.info(`${session.label}: session ended`);
     if (this.sessions.size === 0) this.lastSessionEnded?.();
   }
@@ -310,7 +314,7 @@ export class Daemon {
     const env = connectionEnvironment(socket, { side, peer, ...names, proxied });
     const session = new Session(socket, this.sessionSettings, remote, env);
     this.sessions.set(session, { side, remote, sha256, alias: peer.alias });
-    options.onPeerCount?.(this.sessions.size);
+    options.onPeerCount?.(this.peerCount);
     session.start();
     return session;
   }
