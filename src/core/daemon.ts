@@ -59,6 +59,8 @@ export interface DaemonOptions {
   beforeServing?: () => void;
   /** `host port` lines to dial; none when undefined. */
   dialInput: Readable | undefined;
+  /** tlsd's environment, which children inherit (connection variables aside): the core reads no other. */
+  environment: Readonly<NodeJS.ProcessEnv>;
   log: Logger;
 }
 
@@ -92,7 +94,7 @@ export class Daemon {
     this.slots = new PeerSlots(options.maxPeers);
     // What children get at descriptors 3, 4, … in place of activated sockets.
     const coverFds = options.activated?.length ? options.activated.map(() => openSync('/dev/null', 'r')) : [];
-    const base = baseEnvironment(process.env);
+    const base = baseEnvironment(options.environment);
     this.spawner = options.spawnHelper === undefined ? undefined : new SpawnHelper({ program: options.spawnHelper, base, coverFds, log: options.log });
     // How children start: through the spawn helper, else (off Linux, or asked to) Node's spawn.
     const launch = this.spawner?.launch ?? nodeLaunch(base, coverFds);
