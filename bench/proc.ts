@@ -62,8 +62,9 @@ export function daemonPids(pid: number): number[] {
 }
 
 /**
- * The rule of isSpawnHelperCommandLine (src/launch/spawn-helper.ts), which the bench, compiled on
- * its own, cannot import: the helper is started with the arguments `--protocol 2`.
+ * The rule of isSpawnHelper (test/lib/limits-faults.ts), which the bench, compiled on its own,
+ * cannot import: the helper is started with SPAWN_HELPER_ARGUMENTS (src/launch/spawn-helper.ts),
+ * `--protocol 2`.
  */
 function isSpawnHelper(pid: number): boolean {
   const argv = readFileSync(`/proc/${pid}/cmdline`, 'latin1').split('\0');

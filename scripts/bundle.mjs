@@ -39,3 +39,17 @@ await build({
   minifyWhitespace: true,
   minifySyntax: true,
 });
+
+// Not a program: the rules of fingerprints and alias files, for the examples that ship in the
+// package (examples/p2p-im/tlsd-im-client.mjs), so that they read an alias file as tlsd does.
+await build({
+  ...common,
+  stdin: {
+    contents: "export { isFingerprint } from './dist/peer/fingerprint.js'; export { parseAliases } from './dist/peer/alias-file.js';",
+    resolveDir: '.',
+    sourcefile: 'peer.bundle.js',
+  },
+  outfile: 'dist/peer.bundle.js',
+  outdir: undefined,
+  format: 'esm',
+});

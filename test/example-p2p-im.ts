@@ -143,6 +143,12 @@ t.test('the client notices a new peer without a restart, and its alias once adde
   socket.on('data', (chunk: Buffer) => (received += chunk.toString()));
   t.ok(await bobClient.waitFor(new RegExp(`^\\* new peer 2: ${carol.fingerprint}$`, 'm'), 15_000, mark), 'the new peer is announced');
 
+  // tlsd's rules for the alias file: a second peer under an alias taken already is refused.
+  appendFileSync(bobAliases, `${carol.fingerprint} alice\n`);
+  socket.write('not alice\n');
+  t.ok(await bobClient.waitFor(new RegExp(`^\\[${carol.fingerprint.slice(0, 12)}\\] not alice$`, 'm'), 15_000, mark), 'a duplicate alias is not given to a second peer');
+  t.ok(await bobClient.waitFor(new RegExp(`^! ${bobAliases}, line 3: the alias "alice" is listed already; line skipped$`, 'm'), 15_000, mark), 'the skipped line is reported');
+
   appendFileSync(bobAliases, `${carol.fingerprint} carol\n`);
   socket.write('carol here\n');
   t.ok(await bobClient.waitFor(/^\[carol\] carol here$/m), "the new peer's line is shown with the alias just added");

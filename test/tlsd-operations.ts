@@ -1,5 +1,7 @@
 import { execFileSync, spawn } from 'node:child_process';
 import { chmodSync, chownSync, closeSync, copyFileSync, mkdirSync, openSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { once } from 'node:events';
+import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import { keyValues } from './lib/text.js';
@@ -175,6 +177,29 @@ t.test('sd_notify', async (t) => {
       'exactly these messages, in this order, and no WATCHDOG=1 without WATCHDOG_USEC',
     );
     t.equal(notify.received.length, 6);
+  });
+
+  t.test('STATUS= counts the same peers after a reload as before: a dial still in its handshake is none', async (t) => {
+    // A TCP server that never answers the ClientHello: the dial to it holds a peer slot, no session.
+    const silent = createServer(() => {});
+    silent.listen(0, '127.0.0.1');
+    await once(silent, 'listening');
+    t.teardown(() => void silent.close());
+    const accepted = once(silent, 'connection');
+    const notify = new NotifySocket(t);
+    const tlsd = await startTlsd(t, {
+      identity: server,
+      stdin: 'pipe',
+      options: ['--handshake-timeout', '60'],
+      command: ['cat'],
+      env: { ...quietSyslog, NOTIFY_SOCKET: notify.path, WATCHDOG_USEC: undefined, WATCHDOG_PID: undefined },
+    });
+    const ready = await notify.waitFor(has('READY', '1'), 'READY=1');
+    tlsd.proc.stdin!.write(`127.0.0.1 ${(silent.address() as AddressInfo).port}\n`);
+    await withDeadline(accepted, 10_000, 'tlsd dials the silent server');
+    tlsd.proc.kill('SIGHUP');
+    const reready = await notify.waitFor(has('READY', '1'), 'READY=1 after the reload', ready.index + 1);
+    t.equal(reready.fields.get('STATUS'), 'Serving 0 peers', 'the dial under way is not counted, as no STATUS= before counted it');
   });
 
   t.test('WATCHDOG_USEC: WATCHDOG=1 every half period, for tlsd only', async (t) => {

@@ -208,6 +208,8 @@ t.test('--socks: names reach the proxy unresolved (ATYP 3), addresses as ATYP 1 
   t.same(proxy.requests[2], { atyp: 1, host: '127.0.0.1', port: acceptor.port }, 'sent as ATYP 1, no SNI');
   t.equal(await dial(`[::1] ${acceptor.port}`), expected(''), 'an IPv6 address (relayed to 127.0.0.1 by the test proxy)');
   t.same(proxy.requests[3], { atyp: 4, host: '0000:0000:0000:0000:0000:0000:0000:0001', port: acceptor.port }, 'sent as ATYP 4');
+  t.equal(await dial(`LocalHost. ${acceptor.port}`), expected('localhost'), 'a fully qualified name in capitals');
+  t.same(proxy.requests[4], { atyp: 3, host: 'localhost', port: acceptor.port }, 'reached the proxy in its one form, as SNI has it');
   t.match(tlsd.stderr(), new RegExp(`Connecting to ${onion}, port 5600\\n[^]*${onion}:5600: connected as CLIENT, peer SHA256 ${server.fingerprint}`), 'logged under the name dialed');
 });
 

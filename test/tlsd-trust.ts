@@ -95,8 +95,8 @@ t.test('--ca: certificates from the CA are served, others refused, on both sides
     options: ['--ca', ca.cert],
     command: ['sh', '-c', `echo "$SSL_TLS_SNI_SERVERNAME $SHA256" > "${out}/$TCPREMOTEPORT"`],
   });
-  client.proc.stdin!.write(`localhost ${tlsd.port}\n`);
-  t.equal(await fileAppears(join(out, String(tlsd.port))), `localhost ${caServer.fingerprint}\n`, "a server valid for the name is served");
+  client.proc.stdin!.write(`LocalHost ${tlsd.port}\n`);
+  t.equal(await fileAppears(join(out, String(tlsd.port))), `localhost ${caServer.fingerprint}\n`, 'a server valid for the name is served (written in capitals)');
   client.proc.stdin!.write(`localhost ${other.port}\n`);
   await client.waitFor(/certificate not valid for localhost, connection closed/);
   client.proc.stdin!.write(`127.0.0.1 ${plain.port}\n`);

@@ -1,20 +1,22 @@
+import { constants } from 'node:os';
 import { Readable } from 'node:stream';
 import t from 'tap';
 import { takeActivatedSockets } from '../src/service/activation.js';
 import { joinSplitTargets, parseDialLine } from '../src/input/dial-line.js';
 import { fingerprint } from '../src/peer/fingerprint.js';
 import { readLines, type InputLine } from '../src/input/line-reader.js';
-import { PeerTable } from '../src/core/peer-table.js';
+import { PeerSlots } from '../src/core/peer-slots.js';
 import { parseSignal } from '../src/os/signal-names.js';
-import { reason } from '../src/log/reason.js';
+import { reason, socketReason } from '../src/log/reason.js';
 
 t.test('dial lines', async (t) => {
-  t.same(parseDialLine('localhost 5600'), { target: { host: 'localhost', port: 5600 } });
-  t.same(parseDialLine('  example.com.\t443 '), { target: { host: 'example.com.', port: 443 } });
+  t.same(parseDialLine('localhost 5600'), { target: { host: 'localhost', name: 'localhost', port: 5600 } });
+  // The name as written is looked up (fully qualified stays so); SNI and checks get its one form.
+  t.same(parseDialLine('  Example.COM.\t443 '), { target: { host: 'Example.COM.', name: 'example.com', port: 443 } });
   t.same(parseDialLine('::1 5600'), { target: { host: '::1', port: 5600 } });
   t.same(parseDialLine('[2001:db8::1] 80'), { target: { host: '2001:db8::1', port: 80 } });
   t.same(parseDialLine('10.0.0.1 1'), { target: { host: '10.0.0.1', port: 1 } });
-  t.same(parseDialLine('abc.onion 18765'), { target: { host: 'abc.onion', port: 18765 } });
+  t.same(parseDialLine('abc.onion 18765'), { target: { host: 'abc.onion', name: 'abc.onion', port: 18765 } });
   t.same(parseDialLine(''), { blank: true });
   t.same(parseDialLine('   '), { blank: true });
   for (const bad of ['localhost', 'a b c', 'host 0', 'host 65536', 'host http', 'ho$t 80', '-x 80', 'a..b 80', '[::1 80']) {
@@ -24,7 +26,7 @@ t.test('dial lines', async (t) => {
 
 t.test('dial lines with a fingerprint pin', async (t) => {
   const hex = 'ab'.repeat(32);
-  t.same(parseDialLine(`localhost 5600 ${hex}`), { target: { host: 'localhost', port: 5600, pin: hex } });
+  t.same(parseDialLine(`localhost 5600 ${hex}`), { target: { host: 'localhost', name: 'localhost', port: 5600, pin: hex } });
   const openssl = hex.toUpperCase().match(/../g)!.join(':');
   t.same(parseDialLine(`::1 5600 ${openssl}`), { target: { host: '::1', port: 5600, pin: hex } });
   t.same(parseDialLine(`::1 5600 SHA256:${hex}`), { target: { host: '::1', port: 5600, pin: hex } });
@@ -77,19 +79,19 @@ t.test("a host alone on its line takes its port from the next line that is not b
   t.same(await joined(['a 1\n', '\n', 'b 2\n']), [{ line: 'a 1' }, { line: '' }, { line: 'b 2' }], 'lines that need no joining are as they were');
 });
 
-t.test('peer table: refuses at the limit, queued waiters get freed slots in order', async (t) => {
-  const table = new PeerTable(2);
-  t.ok(table.tryAcquire());
-  t.ok(table.tryAcquire());
-  t.notOk(table.tryAcquire());
+t.test('peer slots: refuses at the limit, queued waiters get freed slots in order', async (t) => {
+  const slots = new PeerSlots(2);
+  t.ok(slots.tryAcquire());
+  t.ok(slots.tryAcquire());
+  t.notOk(slots.tryAcquire());
   const order: string[] = [];
-  const first = table.acquire().then((ok) => order.push(`first ${ok}`));
-  const second = table.acquire().then((ok) => order.push(`second ${ok}`));
-  table.release();
+  const first = slots.acquire().then((ok) => order.push(`first ${ok}`));
+  const second = slots.acquire().then((ok) => order.push(`second ${ok}`));
+  slots.release();
   await first;
   t.same(order, ['first true']);
-  t.equal(table.size, 2, 'the slot passed to the waiter');
-  table.close();
+  t.equal(slots.taken, 2, 'the slot passed to the waiter');
+  slots.close();
   await second;
   t.same(order, ['first true', 'second false']);
 });
@@ -102,6 +104,13 @@ t.test('reason gives one short line', async (t) => {
   t.equal(reason(directory), 'illegal operation on a directory (EISDIR)');
   // The CLI runs our own wrapped line through reason() again: the code must survive.
   t.equal(reason(new Error(`Cannot read key file /tmp: ${reason(directory)}`)), 'Cannot read key file /tmp: illegal operation on a directory (EISDIR)');
+  // Any call that names a path: std2fifo's words for its directory come from here too.
+  const opendir = Object.assign(new Error("EACCES: permission denied, opendir '/x'"), { code: 'EACCES' });
+  t.equal(reason(opendir), 'permission denied (EACCES)');
+  // Where the address is in our own line, a socket's errno in the system's words, once.
+  const refused = Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:1080'), { code: 'ECONNREFUSED', errno: -constants.errno.ECONNREFUSED });
+  t.equal(reason(refused), 'connect ECONNREFUSED 127.0.0.1:1080', 'a dial line names no more than Node does');
+  t.equal(socketReason(refused), 'connection refused (ECONNREFUSED)');
 });
 
 t.test('socket activation reads LISTEN_FDS only when LISTEN_PID is ours, and removes the variables', async (t) => {

@@ -158,6 +158,7 @@ t.test('server names: host names only, lowercased, without the trailing dot', as
     ['a=b', undefined],
     ['a/b', undefined],
     ['café', undefined],
+    ['\u212a.example', undefined], // the Kelvin sign, which lowercases to an ASCII k
     ['caf\u00c3\u00a9', undefined],
     ['a\u0000b', undefined],
   ];

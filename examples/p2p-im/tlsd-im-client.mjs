@@ -12,8 +12,9 @@
  * Type /help for the commands.
  *
  * Why plain JavaScript: it runs as it is on Node 20 (which cannot run TypeScript without a build
- * step, and the package build compiles only src/), so a user copies one file and starts it. The
- * types are JSDoc, checked by TypeScript through `// @ts-check`: `npx tsc -p examples/p2p-im`.
+ * step, and the package build compiles only src/), from the examples folder of the installed
+ * package or of a built checkout. The types are JSDoc, checked by TypeScript through
+ * `// @ts-check`: `npx tsc -p examples/p2p-im`.
  *
  * FIFOs are opened with O_NONBLOCK and handed to net.Socket, as std2fifo does: a blocking open
  * would park one of libuv's few worker threads per FIFO until the other side came.
@@ -26,7 +27,12 @@ import { StringDecoder } from 'node:string_decoder';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 
-const FINGERPRINT = /^[0-9a-f]{64}$/;
+/**
+ * tlsd's own rules for fingerprints and alias files, from the package this example ships in: an
+ * alias file means here what it means to tlsd --aliases and fp2alias (a duplicate alias is refused).
+ * @type {Pick<typeof import('../../src/peer/fingerprint.js'), 'isFingerprint'> & Pick<typeof import('../../src/peer/alias-file.js'), 'parseAliases'>}
+ */
+const { isFingerprint, parseAliases } = await import(new URL('../../dist/peer.bundle.js', import.meta.url).href);
 /** How often the directory is scanned again, in case fs.watch misses a new peer or FIFO. */
 const RESCAN_MS = 1000;
 /** A message that does not end in a newline is shown after this long without more text. */
@@ -109,25 +115,27 @@ function printable(text) {
  * file changes, so an alias added while we run is used at once.
  */
 class Aliases {
-  /** @param {string | undefined} file */
-  constructor(file) {
+  /**
+   * @param {string | undefined} file
+   * @param {(line: string) => void} report  told of each line skipped, as tlsd logs it
+   */
+  constructor(file, report) {
     this.file = file;
-    /** @type {Map<string, string>} */
-    this.byFingerprint = new Map();
+    this.report = report;
+    this.table = parseAliases('');
     this.stamp = '';
   }
 
   /** @param {string} fingerprint */
   of(fingerprint) {
     this.refresh();
-    return this.byFingerprint.get(fingerprint);
+    return this.table.byFingerprint.get(fingerprint);
   }
 
   /** @param {string} alias */
   fingerprintOf(alias) {
     this.refresh();
-    for (const [fingerprint, name] of this.byFingerprint) if (name === alias) return fingerprint;
-    return undefined;
+    return this.table.byAlias.get(alias);
   }
 
   refresh() {
@@ -141,19 +149,14 @@ class Aliases {
     }
     if (stamp === this.stamp) return;
     this.stamp = stamp;
-    this.byFingerprint = new Map();
     let text = '';
     try {
       text = readFileSync(this.file, 'utf8');
     } catch {
-      return;
+      // a missing file has no aliases yet
     }
-    for (const line of text.split('\n')) {
-      const fields = line.trim().split(/[ \t]+/);
-      if (fields.length !== 2 || fields[0]?.startsWith('#')) continue;
-      const [fingerprint, alias] = /** @type {[string, string]} */ (fields);
-      if (FINGERPRINT.test(fingerprint) && !this.byFingerprint.has(fingerprint)) this.byFingerprint.set(fingerprint, alias);
-    }
+    this.table = parseAliases(text);
+    for (const problem of this.table.problems) this.report(`! ${this.file}, line ${problem.line}: ${problem.message}; line skipped`);
   }
 }
 
@@ -161,7 +164,7 @@ class Client {
   /** @param {Options} options */
   constructor(options) {
     this.dir = options.dir;
-    this.aliases = new Aliases(options.aliasesFile);
+    this.aliases = new Aliases(options.aliasesFile, (line) => this.sayOnce(line));
     /** @type {Map<string, Peer>} */
     this.peers = new Map();
     /** @type {Peer | undefined} */
@@ -212,7 +215,7 @@ class Client {
     }
     // Directory names are only trusted once they look like fingerprints: nothing else is a peer,
     // and a fingerprint cannot name a path outside the directory.
-    for (const fingerprint of names.filter((name) => FINGERPRINT.test(name)).sort()) {
+    for (const fingerprint of names.filter((name) => isFingerprint(name)).sort()) {
       let peer = this.peers.get(fingerprint);
       if (!peer) {
         if (!isRealDirectory(join(this.dir, fingerprint))) continue;
@@ -364,7 +367,7 @@ class Client {
   /** @param {string[]} words */
   dial(words) {
     const [host, port, pin] = words;
-    if (words.length < 2 || words.length > 3 || !host || !/^[A-Za-z0-9.:_-]+$/.test(host) || !port || !/^\d{1,5}$/.test(port) || (pin !== undefined && !FINGERPRINT.test(pin))) {
+    if (words.length < 2 || words.length > 3 || !host || !/^[A-Za-z0-9.:_-]+$/.test(host) || !port || !/^\d{1,5}$/.test(port) || (pin !== undefined && !isFingerprint(pin))) {
       return this.say('! usage: /connect HOST PORT [FINGERPRINT]');
     }
     const path = join(this.dir, 'connect');

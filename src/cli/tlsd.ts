@@ -99,12 +99,15 @@ log.hold();
 const activated = takeActivatedSockets(process.env, process.pid);
 closeInheritedDescriptors(activated ?? []);
 const notifier = new Notifier(process.env, process.pid, log);
+// tlsd's environment, made once systemd's variables are out of it: what start-up reads from here
+// on, and what children inherit. The daemon is given it and reads no other.
+const environment = { ...process.env };
 
 try {
   const becomes = resolvePrivileges({ user: cli.user, group: cli.group });
-  const identity = await chooseIdentity({ keyFile: cli.key, certFile: cli.cert }, process.env);
+  const identity = await chooseIdentity({ keyFile: cli.key, certFile: cli.cert }, environment);
   if (identity.created) log.notice(`Created a new identity: ${identity.keyFile} and ${identity.certFile}`);
-  const proxy = chooseProxy(cli.socks, process.env);
+  const proxy = chooseProxy(cli.socks, environment);
   if (proxy.ignored) log.warning(`Ignoring ${proxy.ignored}`);
   const daemon = await Daemon.start({
     keyFile: identity.keyFile,
@@ -125,8 +128,9 @@ try {
     trustedProxies: cli.acceptProxy,
     maxHandshakes: cli.maxHandshakes,
     handshakeTimeoutMs: cli.handshakeTimeout * 1000,
-    spawnHelper: chooseSpawner(process.env),
+    spawnHelper: chooseSpawner(environment),
     dialInput: process.stdin,
+    environment,
     onPeerCount: (count) => notifier.status(peerStatus(count)),
     beforeServing: () => dropPrivileges(becomes),
     log,

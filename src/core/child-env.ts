@@ -44,7 +44,7 @@ export interface ChildConnection extends PeerNames {
  * What every child inherits: tlsd's environment without any connection variable. Taken once at
  * start (tlsd never changes its environment), since reading process.env is slow.
  */
-export function baseEnvironment(env: NodeJS.ProcessEnv): Environment {
+export function baseEnvironment(env: Readonly<NodeJS.ProcessEnv>): Environment {
   const base: Environment = {};
   for (const [name, value] of Object.entries(env)) if (value !== undefined) base[name] = value;
   for (const name of CONNECTION_VARIABLES) delete base[name];

@@ -17,7 +17,7 @@ import { readLines } from '../input/line-reader.js';
 import { formatAddress, Listener } from './listener.js';
 import { checkPeer, type Expectation, type TrustPolicy } from './peer-check.js';
 import { peerNames } from './peer-names.js';
-import { PeerTable } from './peer-table.js';
+import { PeerSlots } from './peer-slots.js';
 import type { ProxiedEndpoints } from '../input/proxy-header.js';
 import type { ProxyAddress } from '../input/proxy-url.js';
 import { Session, type SessionSettings } from './session.js';
@@ -60,6 +60,8 @@ export interface DaemonOptions {
   beforeServing?: () => void;
   /** `host port` lines to dial; none when undefined. */
   dialInput: Readable | undefined;
+  /** tlsd's environment, which children inherit (connection variables aside): the core reads no other. */
+  environment: Readonly<NodeJS.ProcessEnv>;
   log: Logger;
 }
 
@@ -74,7 +76,7 @@ const PROBE_INTERVAL_MS = 1_000;
 export class Daemon {
   private readonly sessions = new Map<Session, PeerRow>();
   private readonly spawner: SpawnHelper | undefined;
-  private readonly peers: PeerTable;
+  private readonly slots: PeerSlots;
   private readonly listener: Listener;
   private readonly trust: TrustPolicy;
   private readonly sessionSettings: SessionSettings;
@@ -90,10 +92,10 @@ export class Daemon {
     aliases: AliasBook | undefined,
   ) {
     this.trust = { requireCert: options.requireCert, verifyChain: options.caFile !== undefined, aliases };
-    this.peers = new PeerTable(options.maxPeers);
+    this.slots = new PeerSlots(options.maxPeers);
     // What children get at descriptors 3, 4, … in place of activated sockets.
     const coverFds = options.activated?.length ? options.activated.map(() => openSync('/dev/null', 'r')) : [];
-    const base = baseEnvironment(process.env);
+    const base = baseEnvironment(options.environment);
     this.spawner = options.spawnHelper === undefined ? undefined : new SpawnHelper({ program: options.spawnHelper, base, coverFds, log: options.log });
     // How children start: through the spawn helper, else (off Linux, or asked to) Node's spawn.
     const launch = this.spawner?.launch ?? nodeLaunch(base, coverFds);
@@ -111,7 +113,7 @@ export class Daemon {
       log: options.log,
       refuse: () => this.refusal(),
       onSecure: (socket, remote, proxied) => {
-        if (this.refusal() === undefined && this.peers.tryAcquire()) this.serve(socket, 'SERVER', remote, {}, proxied);
+        if (this.refusal() === undefined && this.slots.tryAcquire()) this.serve(socket, 'SERVER', remote, {}, proxied);
         else this.listener.turnAway(socket, remote, this.refusal() ?? 'peer limit reached');
       },
     });
@@ -144,8 +146,12 @@ export class Daemon {
     return daemon;
   }
 
+  /**
+   * The peers served: one per session (systemd's STATUS=, SIGUSR1's Status: line). A slot is held
+   * from before that, by a dial or an admission still under way, which is no peer yet.
+   */
   get peerCount(): number {
-    return this.peers.size;
+    return this.sessions.size;
   }
 
   /** SIGUSR1: one line per peer, for an operator asking what is going on. */
@@ -154,7 +160,7 @@ export class Daemon {
   }
 
   statusLines(now = Date.now()): string[] {
-    const lines = [`Status: ${this.sessions.size} peer(s), ${this.listener.pendingHandshakes} handshake(s) in progress`];
+    const lines = [`Status: ${this.peerCount} peer(s), ${this.listener.pendingHandshakes} handshake(s) in progress`];
     for (const [session, row] of this.sessions) {
       const who = row.sha256 === undefined ? 'no certificate' : `SHA256 ${row.sha256}${row.alias === undefined ? '' : ` (${row.alias})`}`;
       const child = session.pid === undefined ? 'child gone' : `child ${session.pid}`;
@@ -196,7 +202,7 @@ export class Daemon {
     this.listener.close();
     this.options.dialInput?.destroy();
     this.trust.aliases?.close();
-    this.peers.close();
+    this.slots.close();
     for (const session of this.sessions.keys()) session.end();
     this.drained = this.sessions.size === 0 ? Promise.resolve() : new Promise((resolve) => (this.lastSessionEnded = resolve));
     return this.drained;
@@ -210,7 +216,7 @@ export class Daemon {
 
   private refusal(): string | undefined {
     if (this.stopping) return 'shutting down';
-    if (this.peers.size >= this.peers.max) return `peer limit reached (${this.peers.max})`;
+    if (this.slots.taken >= this.slots.max) return `peer limit reached (${this.slots.max})`;
     return undefined;
   }
 
@@ -230,7 +236,7 @@ export class Daemon {
           continue;
         }
         // Waiting here stops reading stdin, so queued lines cost nothing until a slot frees.
-        if (!(await this.peers.acquire())) break;
+        if (!(await this.slots.acquire())) break;
         void this.dialAndServe(parsed.target);
       }
       // As the original: the end of stdin stops dialing, not serving.
@@ -251,13 +257,13 @@ export class Daemon {
     } catch (error) {
       if (tracing) trace('%s: dial failed: %s', label, reason(error));
       log.warning(`Cannot connect to ${label}: ${reason(error)}`);
-      this.peers.release();
+      this.slots.release();
       return;
     }
     if (tracing) trace('%s: handshake done, %s %s', label, socket.getProtocol(), socket.getCipher().name);
     // The address connected to, as the original names it; through a proxy, the name dialed.
     log.info(`Connected to ${this.options.proxy ? target.host : (socket.remoteAddress ?? target.host)}, port ${target.port}`);
-    this.serve(socket, 'CLIENT', label, { pin: target.pin, host: target.host });
+    this.serve(socket, 'CLIENT', label, { pin: target.pin, host: target.name ?? target.host });
   }
 
   /**
@@ -267,21 +273,21 @@ export class Daemon {
   private serve(socket: TLSSocket, side: Side, remote: string, expectation: Expectation, proxied?: ProxiedEndpoints): void {
     this.admit(socket, side, remote, expectation, proxied).then(
       (session) => {
-        if (!session) this.peers.release();
+        if (!session) this.slots.release();
       },
       (error: unknown) => {
         // A fault of ours while admitting one peer ends that connection, not the daemon.
         this.options.log.error(`${remote}: ${reason(error)}, connection closed`);
         socket.destroy();
-        this.peers.release();
+        this.slots.release();
       },
     );
   }
 
   private sessionEnded(session: Session): void {
     this.sessions.delete(session);
-    this.peers.release();
-    this.options.onPeerCount?.(this.sessions.size);
+    this.slots.release();
+    this.options.onPeerCount?.(this.peerCount);
     this.options.log.info(`${session.label}: session ended`);
     if (this.sessions.size === 0) this.lastSessionEnded?.();
   }
@@ -317,7 +323,7 @@ export class Daemon {
     trace('%s: admitted as %s, SHA256 %s', remote, side, sha256 ?? '(none)');
     const session = new Session(socket, this.sessionSettings, remote, env);
     this.sessions.set(session, { side, remote, sha256, alias: peer.alias });
-    options.onPeerCount?.(this.sessions.size);
+    options.onPeerCount?.(this.peerCount);
     session.start();
     return session;
   }

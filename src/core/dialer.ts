@@ -1,4 +1,4 @@
-import { isIP, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { Duplex } from 'node:stream';
 import { connect, type ConnectionOptions, type SecureContext, type TLSSocket } from 'node:tls';
 import type { DialTarget } from '../input/dial-line.js';
@@ -14,7 +14,7 @@ import { tuneTcp } from './tcp-tuning.js';
 export async function dial(target: DialTarget, context: SecureContext, timeoutMs: number, proxy?: ProxyAddress): Promise<TLSSocket> {
   if (!proxy) return handshake(target, context, timeoutMs);
   const started = Date.now();
-  const tunnel = await connectThroughProxy(proxy, target.host, target.port, timeoutMs);
+  const tunnel = await connectThroughProxy(proxy, target.name ?? target.host, target.port, timeoutMs);
   tuneTcp(tunnel);
   return handshake(target, context, timeoutMs, { tunnel: new HalfCloseByTls(tunnel), elapsedMs: Date.now() - started });
 }
@@ -29,7 +29,7 @@ function handshake(target: DialTarget, context: SecureContext, timeoutMs: number
       // Self-signed servers are the norm; checkPeer decides after the handshake and logs why.
       rejectUnauthorized: false,
       // SNI is for names only; RFC 6066 forbids sending an address.
-      ...(isIP(target.host) === 0 ? { servername: target.host.replace(/\.$/, '') } : {}),
+      ...(target.name === undefined ? {} : { servername: target.name }),
       allowHalfOpen: true,
     };
     const socket = connect(options);

@@ -19,7 +19,7 @@ export interface TrustPolicy {
 export interface Expectation {
   /** A fingerprint from the dial line. */
   pin?: string;
-  /** The name (or address) we dialed, checked against the certificate in CA mode. */
+  /** The host name (in its one form) or address we dialed, checked against the certificate in CA mode. */
   host?: string;
 }
 
@@ -57,8 +57,7 @@ export function checkPeer(socket: TLSSocket, policy: TrustPolicy, expectation: E
 
 /** RFC 6125 name (or address) match, as a browser would check the server it dialed. */
 function validFor(certificate: X509Certificate, host: string): boolean {
-  const name = host.replace(/\.$/, '');
-  return (isIP(name) === 0 ? certificate.checkHost(name) : certificate.checkIP(name)) !== undefined;
+  return (isIP(host) === 0 ? certificate.checkHost(host) : certificate.checkIP(host)) !== undefined;
 }
 
 /** OpenSSL's verify code (`CERT_HAS_EXPIRED`) as words, code kept for searching. */

@@ -22,7 +22,7 @@ export interface PeerNames {
 
 export interface NameSources {
   side: Side;
-  /** The host we dialed, from the dial line (already checked to be a name or an address). */
+  /** The host we dialed: a host name in its one form (the SNI we sent) or an address. */
   dialed: string | undefined;
   certificate: X509Certificate | undefined;
   /** Logs why a name is left out, once per connection at most per name. */
@@ -34,7 +34,7 @@ export function peerNames(socket: TLSSocket, sources: NameSources): PeerNames {
 }
 
 function serverName(socket: TLSSocket, { side, dialed, note }: NameSources): string | undefined {
-  if (side === 'CLIENT') return dialed !== undefined && isIP(dialed) === 0 ? canonicalHostName(dialed) : undefined;
+  if (side === 'CLIENT') return dialed !== undefined && isIP(dialed) === 0 ? dialed : undefined;
   // The tls typings leave `servername` out of TLSSocket. Node hands it over one character per byte
   // (Latin-1), so it holds the bytes the client sent; OpenSSL has refused any with a NUL.
   const sent = (socket as TLSSocket & { servername?: string | false }).servername;

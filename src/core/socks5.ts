@@ -1,6 +1,5 @@
 import { connect, isIP, type Socket } from 'node:net';
-import { getSystemErrorMap } from 'node:util';
-import { reason } from '../log/reason.js';
+import { reason, socketReason } from '../log/reason.js';
 import type { ProxyAddress } from '../input/proxy-url.js';
 
 /** RFC 1928 replies, and Tor's for onion services (its socks-extensions.txt). */
@@ -25,7 +24,7 @@ const REPLIES: Record<number, string> = {
 
 /**
  * Opens a TCP connection to `host:port` through a SOCKS5 proxy (RFC 1928, no authentication,
- * CONNECT). A host name is sent as a name (ATYP 3) and only the proxy resolves it: nothing is
+ * CONNECT); `host` is an address or a host name in its one form (canonicalHostName). A host name is sent as a name (ATYP 3) and only the proxy resolves it: nothing is
  * looked up here, which is what `.onion` names need and what keeps DNS from leaking around Tor.
  * Resolves with the socket, ready for TLS, once the proxy says it is connected; rejects with a
  * one-line error naming the proxy on any failure, including no success within `timeoutMs`.
@@ -77,18 +76,13 @@ export function connectThroughProxy(proxy: ProxyAddress, host: string, port: num
       if (received.length > length) socket.unshift(received.subarray(length));
       resolve(socket);
     };
+    // The proxy's address is in the label already.
     const onError = (error: Error): void => fail(socketReason(error));
     const onEnd = (): void => fail('it closed the connection during the SOCKS5 handshake');
     socket.on('data', onData).once('error', onError).once('end', onEnd);
     // Version 5, one method offered: 0, no authentication.
     socket.once('connect', () => socket.write(Buffer.from([5, 1, 0])));
   });
-}
-
-/** `connection refused (ECONNREFUSED)`: the proxy's address is in the label already. */
-function socketReason(error: NodeJS.ErrnoException): string {
-  const known = typeof error.errno === 'number' ? getSystemErrorMap().get(error.errno) : undefined;
-  return known ? `${known[1]} (${error.code ?? known[0]})` : reason(error);
 }
 
 /** CONNECT to an address (ATYP 1 or 4) or a name (ATYP 3, resolved by the proxy). */
@@ -98,7 +92,7 @@ function connectRequest(host: string, port: number): Buffer {
   const family = isIP(host);
   if (family === 4) return Buffer.concat([head, Buffer.from([1, ...host.split('.').map(Number)]), portBytes]);
   if (family === 6) return Buffer.concat([head, Buffer.from([4]), ipv6Bytes(host), portBytes]);
-  const name = Buffer.from(host.replace(/\.$/, ''), 'ascii');
+  const name = Buffer.from(host, 'ascii');
   if (name.length === 0 || name.length > 255) throw new Error(`host name too long for SOCKS5: ${host}`);
   return Buffer.concat([head, Buffer.from([3, name.length]), name, portBytes]);
 }

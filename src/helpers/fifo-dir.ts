@@ -1,5 +1,6 @@
 import { closeSync, constants, fchmodSync, fstatSync, lstatSync, mkdirSync, openSync, statSync, type BigIntStats } from 'node:fs';
 import { join } from 'node:path';
+import { reason } from '../log/reason.js';
 import { childProcess } from '../os/lazy-module.js';
 import { directoryProblem, fifoProblem, fileId, isFile, kindOf, Refused, replacementProblem, type FileId } from './fifo-checks.js';
 import { holdFile } from './fifo-hold.js';
@@ -184,7 +185,5 @@ function lstatOrNothing(path: string): BigIntStats | undefined {
 }
 
 function withPath(error: unknown, what: string): Error {
-  const code = (error as NodeJS.ErrnoException).code;
-  const message = (error as Error).message.replace(/^[A-Z0-9_]+: /, '').replace(/, \w+ '.*'$/, '');
-  return new Error(`${what}: ${message}${code && !message.includes(code) ? ` (${code})` : ''}`);
+  return new Error(`${what}: ${reason(error)}`);
 }

@@ -1,6 +1,7 @@
 import type { Logger } from '../log/logger.js';
 import { quote } from '../log/logger.js';
-import { aliasProblem, fingerprintPattern, logProblems, readAliases, registerAlias } from '../peer/alias-file.js';
+import { aliasProblem, logProblems, readAliases, registerAlias } from '../peer/alias-file.js';
+import { isFingerprint } from '../peer/fingerprint.js';
 import { readLineFromFd, writeAllToFd } from './fd-line.js';
 import { runCommand } from './run-command.js';
 
@@ -36,7 +37,7 @@ export async function fp2alias(options: Fp2aliasOptions): Promise<number> {
 
   const fingerprint = options.env.SHA256;
   if (fingerprint === undefined || fingerprint === '') throw new UsageError('SHA256 is not set: run fp2alias from tlsd, which sets it to the peer fingerprint');
-  if (!fingerprintPattern.test(fingerprint)) throw new UsageError(`SHA256 is not 64 lowercase hex digits: ${quote(fingerprint)}`);
+  if (!isFingerprint(fingerprint)) throw new UsageError(`SHA256 is not 64 lowercase hex digits: ${quote(fingerprint)}`);
 
   const table = logProblems(readAliases(options.file), options.file, log);
   let alias = table.byFingerprint.get(fingerprint);

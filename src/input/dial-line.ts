@@ -1,9 +1,16 @@
 import { isIP } from 'node:net';
-import { isHostName } from './host-name.js';
+import { normalizeFingerprint } from '../peer/fingerprint.js';
+import { canonicalHostName } from './host-name.js';
 import type { InputLine } from './line-reader.js';
 
 export interface DialTarget {
+  /**
+   * As written, for the name look-up: `host.` stays fully qualified, so the resolver's search
+   * domains are not tried. Logs show it too.
+   */
   host: string;
+  /** The host name in its one form (canonicalHostName); undefined when host is an address. */
+  name?: string;
   port: number;
   /** The fingerprint the server must have (a third field); any certificate when absent. */
   pin?: string;
@@ -24,14 +31,17 @@ export function parseDialLine(line: string): ParsedLine {
   }
   const [rawHost, rawPort, rawPin] = fields as [string, string, string | undefined];
   const host = rawHost.startsWith('[') && rawHost.endsWith(']') ? rawHost.slice(1, -1) : rawHost;
-  if (!isHostName(host) && isIP(host) === 0) return { error: 'invalid host' };
+  const address = isIP(host) !== 0;
+  const name = address ? undefined : canonicalHostName(host);
+  if (!address && name === undefined) return { error: 'invalid host' };
   if (!/^\d{1,5}$/.test(rawPort) || Number(rawPort) < 1 || Number(rawPort) > 65535) {
     return { error: 'invalid port (expected 1 to 65535)' };
   }
-  if (rawPin === undefined) return { target: { host, port: Number(rawPort) } };
+  const target: DialTarget = { host, ...(name === undefined ? {} : { name }), port: Number(rawPort) };
+  if (rawPin === undefined) return { target };
   const pin = normalizeFingerprint(rawPin);
   if (pin === undefined) return { error: 'invalid fingerprint (expected 64 hex digits, colons allowed)' };
-  return { target: { host, port: Number(rawPort), pin } };
+  return { target: { ...target, pin } };
 }
 
 /**
@@ -66,13 +76,4 @@ export async function* joinSplitTargets(lines: AsyncIterable<InputLine>): AsyncG
 
 function fieldsOf(line: string): string[] {
   return line.trim().split(/[ \t]+/).filter((field) => field !== '');
-}
-
-/**
- * A SHA-256 fingerprint as tlsd prints it (lowercase hex), from that form or from openssl's
- * `AB:CD:…`, optionally prefixed `SHA256:`; undefined when it is neither.
- */
-export function normalizeFingerprint(text: string): string | undefined {
-  const hex = text.replace(/^sha256:/i, '').replace(/:/g, '').toLowerCase();
-  return /^[0-9a-f]{64}$/.test(hex) ? hex : undefined;
 }

@@ -1,3 +1,5 @@
+import { canonicalHostName } from '../input/host-name.js';
+
 export class TlsaError extends Error {}
 
 /**
@@ -11,10 +13,8 @@ export function tlsaRecord(host: string, port: number, fingerprint: string): str
 
 /** A DNS name with its final dot, so that the line means the same in any zone file. */
 export function absoluteName(host: string): string {
-  const name = host.endsWith('.') ? host.slice(0, -1) : host;
-  const labels = name.split('.');
-  const valid = name.length > 0 && name.length <= 253 && labels.every((label) => /^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$/.test(label));
-  if (!valid) throw new TlsaError(`expected a DNS name such as example.org, got ${JSON.stringify(host)}`);
-  if (labels.every((label) => /^\d+$/.test(label))) throw new TlsaError(`expected a DNS name, not an address: ${host}`);
+  const name = canonicalHostName(host);
+  if (name === undefined) throw new TlsaError(`expected a DNS name such as example.org, got ${JSON.stringify(host)}`);
+  if (name.split('.').every((label) => /^\d+$/.test(label))) throw new TlsaError(`expected a DNS name, not an address: ${host}`);
   return `${name}.`;
 }

@@ -234,11 +234,6 @@ export function chooseSpawner(env: NodeJS.ProcessEnv): string | undefined {
   return env.TLSD_SPAWNER || builtSpawnHelper;
 }
 
-/** Whether a command line (from /proc/PID/cmdline) is a spawn helper's: for the tests (bench/proc.ts, compiled on its own, keeps a copy). */
-export function isSpawnHelperCommandLine(argv: readonly string[]): boolean {
-  return argv[1] === SPAWN_HELPER_ARGUMENTS[0] && argv[2] === SPAWN_HELPER_ARGUMENTS[1];
-}
-
 const REPORT_KEYS = new Set(['ready', 'stdin', 'stdout', 'started', 'failed', 'exited']);
 
 /** A message of the helper's: an object whose first key names the report and whose values are integers. */

@@ -17,6 +17,7 @@ export function parseSignal(text: string): NodeJS.Signals | undefined {
   return name in signals ? (name as NodeJS.Signals) : undefined;
 }
 
+/** A signal's number, for the original's log lines (`Received signal 15`), which scripts may match. */
 export function signalNumber(name: NodeJS.Signals): number {
   return signals[name] ?? 0;
 }

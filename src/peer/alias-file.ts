@@ -1,12 +1,10 @@
 import { closeSync, fchmodSync, openSync, readFileSync, writeSync, constants } from 'node:fs';
 import type { Logger } from '../log/logger.js';
 import { lazyModule } from '../os/lazy-module.js';
+import { isFingerprint } from './fingerprint.js';
 
 // About 10 ms of fp2alias's start-up that only a registration needs.
 const lockfile = lazyModule<typeof import('proper-lockfile')>('proper-lockfile');
-
-/** A peer's identity as tlsd passes it: the lowercase hex SHA-256 of its certificate. */
-export const fingerprintPattern = /^[0-9a-f]{64}$/;
 
 export interface AliasProblem {
   line: number;
@@ -41,7 +39,7 @@ export function parseAliases(text: string): AliasTable {
     const fields = line.split(/[ \t]+/);
     if (fields.length !== 2) return problem('expected "<fingerprint> <alias>"');
     const [fingerprint, alias] = fields as [string, string];
-    if (!fingerprintPattern.test(fingerprint)) return problem('the fingerprint is not 64 lowercase hex digits');
+    if (!isFingerprint(fingerprint)) return problem('the fingerprint is not 64 lowercase hex digits');
     const aliasError = aliasProblem(alias);
     if (aliasError) return problem(`bad alias: ${aliasError}`);
     if (table.byFingerprint.has(fingerprint)) return problem('the fingerprint is listed already');

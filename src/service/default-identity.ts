@@ -3,12 +3,11 @@ import { homedir } from 'node:os';
 import { isAbsolute, join } from 'node:path';
 import { keygen } from '../keygen/keygen.js';
 import { makeParents } from '../keygen/write-files.js';
+import type { IdentityFiles } from '../core/identity.js';
 import { reason } from '../log/reason.js';
 
-export interface IdentityFiles {
-  keyFile: string;
-  certFile: string;
-}
+/** The key and certificate; a CA bundle is never a default. */
+type KeyAndCertificate = Pick<IdentityFiles, 'keyFile' | 'certFile'>;
 
 /**
  * The original's defaults: a system-wide identity managed by the administrator, `key.pem` and
@@ -16,7 +15,7 @@ export interface IdentityFiles {
  * configuration lives elsewhere, and for tests, which must not depend on what /etc/tls holds).
  * It comes from whoever starts tlsd, as -k and -c do, so it opens nothing to anyone else.
  */
-export function systemIdentity(env: NodeJS.ProcessEnv): IdentityFiles {
+export function systemIdentity(env: NodeJS.ProcessEnv): KeyAndCertificate {
   const dir = env.TLSD_SYSTEM_DIR || '/etc/tls';
   return { keyFile: join(dir, 'key.pem'), certFile: join(dir, 'cert.pem') };
 }
@@ -27,7 +26,7 @@ export function userIdentityDir(env: NodeJS.ProcessEnv): string {
   return join(config && isAbsolute(config) ? config : join(env.HOME || homedir(), '.config'), 'tlsd');
 }
 
-export interface ChosenIdentity extends IdentityFiles {
+export interface ChosenIdentity extends KeyAndCertificate {
   /** Set when the files were made just now. */
   created: boolean;
 }
@@ -38,7 +37,7 @@ export interface ChosenIdentity extends IdentityFiles {
  * holds either file; otherwise a per-user identity, made on first use, so tlsd works on a fresh
  * machine with no set-up.
  */
-export async function chooseIdentity(given: Partial<IdentityFiles>, env: NodeJS.ProcessEnv): Promise<ChosenIdentity> {
+export async function chooseIdentity(given: Partial<KeyAndCertificate>, env: NodeJS.ProcessEnv): Promise<ChosenIdentity> {
   const system = systemIdentity(env);
   if (given.keyFile !== undefined || given.certFile !== undefined) {
     return { keyFile: given.keyFile ?? system.keyFile, certFile: given.certFile ?? system.certFile, created: false };

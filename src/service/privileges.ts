@@ -9,8 +9,8 @@ export interface Privileges {
   group?: string;
 }
 
-/** Who tlsd becomes: looked up before it binds, so a typo fails before the Listening line. */
-export interface Identity {
+/** The account tlsd becomes: looked up before it binds, so a typo fails before the Listening line. */
+export interface Account {
   user?: string;
   uid?: number;
   gid: number;
@@ -20,7 +20,7 @@ export interface Identity {
  * Looks the user and group up through the name service (`id`, `getent`), so users from LDAP or
  * systemd's dynamic users work too. Undefined when neither was asked for.
  */
-export function resolvePrivileges({ user, group }: Privileges): Identity | undefined {
+export function resolvePrivileges({ user, group }: Privileges): Account | undefined {
   if (user === undefined && group === undefined) return undefined;
   const uid = user === undefined ? undefined : lookUp(['id', '-u', '--', user], `Cannot switch to user ${user}: no such user`);
   const gid =
@@ -36,9 +36,9 @@ export function resolvePrivileges({ user, group }: Privileges): Identity | undef
  * Becomes the user (with its supplementary groups) and group for good: called once the port is
  * bound and the key read, so children run as that user too.
  */
-export function dropPrivileges(identity: Identity | undefined): void {
-  if (identity === undefined) return;
-  const { user, uid, gid } = identity;
+export function dropPrivileges(account: Account | undefined): void {
+  if (account === undefined) return;
+  const { user, uid, gid } = account;
   try {
     if (user !== undefined) posix.initgroups(user, gid);
     else posix.setgroups!([gid]);

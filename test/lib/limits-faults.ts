@@ -2,7 +2,7 @@ import { readdirSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
 import { connect as netConnect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { isSpawnHelperCommandLine } from '../../src/launch/spawn-helper.js';
+import { SPAWN_HELPER_ARGUMENTS } from '../../src/launch/spawn-helper.js';
 import { makeIdentity, tempDir, type TestIdentity } from './identity.js';
 import type { RunningTlsd, Teardown } from './tlsd.js';
 
@@ -127,10 +127,11 @@ export function childrenOf(parent: number): ProcessEntry[] {
   return found.flatMap((child) => (isSpawnHelper(child.pid) ? childrenOf(child.pid) : [child]));
 }
 
-/** tlsd's spawn helper, known by the socket name it is started with (src/launch/spawn-helper.ts). */
+/** tlsd's spawn helper, known by the arguments it is started with (src/launch/spawn-helper.ts). */
 export function isSpawnHelper(pid: number): boolean {
   try {
-    return isSpawnHelperCommandLine(readFileSync(`/proc/${pid}/cmdline`, 'latin1').split('\0'));
+    const argv = readFileSync(`/proc/${pid}/cmdline`, 'latin1').split('\0');
+    return argv[1] === SPAWN_HELPER_ARGUMENTS[0] && argv[2] === SPAWN_HELPER_ARGUMENTS[1];
   } catch {
     return false;
   }

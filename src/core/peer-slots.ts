@@ -1,14 +1,16 @@
 /**
- * Counts peers against --max-peers. Incoming connections over the limit are refused at once;
- * outgoing ones (stdin lines) wait in order for a free slot instead of being dropped.
+ * The --max-peers slots, a counting semaphore: a connection holds one from its handshake (or its
+ * dial line) to the end of its child. Incoming connections over the limit are refused at once;
+ * outgoing ones (stdin lines) wait in order for a free slot instead of being dropped. The peers
+ * themselves are Daemon.sessions.
  */
-export class PeerTable {
+export class PeerSlots {
   private count = 0;
   private readonly waiters: Array<(granted: boolean) => void> = [];
 
   constructor(readonly max: number) {}
 
-  get size(): number {
+  get taken(): number {
     return this.count;
   }
 
@@ -18,7 +20,7 @@ export class PeerTable {
     return true;
   }
 
-  /** Resolves true once a slot is ours, or false if the table was closed while waiting. */
+  /** Resolves true once a slot is ours, or false if the slots were closed while waiting. */
   acquire(): Promise<boolean> {
     if (this.tryAcquire()) return Promise.resolve(true);
     return new Promise((resolve) => this.waiters.push(resolve));
