@@ -162,6 +162,13 @@ t.test('bad start-up input: one line, exit 1, never listening', async (t) => {
     startFailure(t, await tlsd(['-k', alice.key, '-c', bob.cert, 'cat']), new RegExp(`^tlsd: Key file ${escape(alice.key)} does not match certificate file ${escape(bob.cert)}$`));
   });
 
+  t.test('a key of another type than the certificate (RSA key, EC certificate)', async (t) => {
+    const rsaKey = join(dir, 'rsa-key.pem');
+    const made = spawnSync('openssl', ['genpkey', '-algorithm', 'RSA', '-pkeyopt', 'rsa_keygen_bits:2048', '-out', rsaKey], { encoding: 'utf8' });
+    t.equal(made.status, 0, `openssl genpkey: ${made.stderr}`);
+    startFailure(t, await tlsd(['-k', rsaKey, '-c', bob.cert, 'cat']), new RegExp(`^tlsd: Key file ${escape(rsaKey)} does not match certificate file ${escape(bob.cert)}$`));
+  });
+
   t.test('a port in use', async (t) => {
     const taken = await new Promise<Server>((resolve, reject) => {
       const holder = createServer();

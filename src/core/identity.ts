@@ -1,4 +1,4 @@
-import { X509Certificate, constants as cryptoConstants } from 'node:crypto';
+import { X509Certificate, constants as cryptoConstants, createPrivateKey } from 'node:crypto';
 import { readFile, stat } from 'node:fs/promises';
 import { createSecureContext, type SecureContext, type SecureContextOptions } from 'node:tls';
 import { reason } from '../log/reason.js';
@@ -67,11 +67,18 @@ export async function loadIdentity({ keyFile, certFile, caFile }: IdentityFiles)
   } catch (error) {
     // By OpenSSL's reason code, which Node names after it: the message's words are OpenSSL's to change.
     if ((error as NodeJS.ErrnoException).code === 'ERR_OSSL_X509_KEY_VALUES_MISMATCH') {
-      throw new IdentityError(`Key file ${keyFile} does not match certificate file ${certFile}`);
+      throw new IdentityError(mismatch(keyFile, certFile));
     }
     throw new IdentityError(`Cannot use key file ${keyFile} with certificate file ${certFile}: ${reason(error)}`);
   }
+  // OpenSSL compares key and certificate only when they are of one type: an RSA key with an EC
+  // certificate makes a context every handshake then fails with.
+  if (!leaf.checkPrivateKey(createPrivateKey(key))) throw new IdentityError(mismatch(keyFile, certFile));
   return { context, options, fingerprint: fingerprint(leaf.raw), exposure: await exposure(keyFile) };
+}
+
+function mismatch(keyFile: string, certFile: string): string {
+  return `Key file ${keyFile} does not match certificate file ${certFile}`;
 }
 
 // Group-readable is a deliberate choice (an ssl-cert group); readable by everyone never is.
