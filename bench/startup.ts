@@ -1,6 +1,6 @@
 /**
  * Start-up time of the project's programs as whole processes, as tlsd's examples run them once per
- * connection: tlsd to its `Listening` line, fp2alias looking up a known alias, std2fifo with its
+ * connection: tlsd to its `Listening` line, tlsd-keygen making an EC identity, fp2alias looking up a known alias, std2fifo with its
  * stdin closed at once; `node -e 0` as the floor any Node program pays.
  */
 import { spawn } from 'node:child_process';
@@ -86,6 +86,11 @@ export async function measureStartup(repo: string, files: Files, repeats: number
       name: 'tlsd to Listening',
       command: 'node bin/tlsd.js -e -b 127.0.0.1 -k KEY -c CERT -p 0 -- cat',
       run: { file: node, args: ['bin/tlsd.js', '-e', '-b', '127.0.0.1', '-k', files.serverKey, '-c', files.serverCert, '-p', '0', '--', 'cat'], readyLine: /Listening on/ },
+    },
+    {
+      name: 'tlsd-keygen',
+      command: 'node bin/tlsd-keygen.js -f -k KEY -c CERT',
+      run: { file: node, args: ['bin/tlsd-keygen.js', '-f', '-k', join(files.dir, 'startup-key.pem'), '-c', join(files.dir, 'startup-cert.pem')] },
     },
     {
       name: 'fp2alias',
