@@ -1,2 +1,2 @@
 #!/usr/bin/env node
-import '../dist/tlsd-keygen.bundle.js';
+import '../dist/tlsd-keygen.js';

@@ -1,2 +1,2 @@
 #!/usr/bin/env node
-import '../dist/tlsd.bundle.js';
+import '../dist/tlsd.js';

@@ -1,43 +1,29 @@
-// Build step after tsc: each program becomes one file. Node's ESM loader costs a millisecond or two
-// per module and commander alone is a dozen, so one file starts about 20 ms sooner
-// (docs/performance.md).
+// The build's one compile: each program, from its TypeScript, becomes one ES module in dist/, which
+// bin/ launches. tsc only type-checks (npm run typecheck). Why one file per program, and why one
+// format serves all four: docs/performance.md, "Start-up".
+import { rmSync } from 'node:fs';
 import { build } from 'esbuild';
 
-const common = {
-  outdir: 'dist', // next to version.js, so that the '../package.json' it resolves still works
+const programs = ['tlsd', 'tlsd-keygen', 'fp2alias', 'std2fifo'];
+
+rmSync('dist', { recursive: true, force: true }); // nothing but this build's files goes into the package
+await build({
+  entryPoints: Object.fromEntries(programs.map((name) => [name, `src/cli/${name}.ts`])),
+  // One level below the package's root, as src/ is: src/package-files.ts finds package.json and
+  // the built spawn helper from there.
+  outdir: 'dist',
   bundle: true,
   platform: 'node',
-  target: 'node20',
-  // The native addon is loaded with require() from node_modules at run time, as before.
-  external: ['posix-socket'],
-  logLevel: 'warning',
-};
-const entries = (names) => Object.fromEntries(names.map((name) => [`${name}.bundle`, `dist/cli/${name}.js`]));
-
-// tlsd and tlsd-keygen start once: ESM, as tsc wrote them. commander is CommonJS, and its require()
-// calls of Node's built-ins need a real require in ESM.
-await build({
-  ...common,
-  entryPoints: entries(['tlsd', 'tlsd-keygen']),
   format: 'esm',
+  target: 'node20',
+  // The native addon is loaded with require() from node_modules at run time.
+  external: ['posix-socket'],
+  // commander is CommonJS, and its require() calls of Node's built-ins need a real require in ESM.
   banner: { js: "import { createRequire as bundleRequire } from 'node:module'; const require = bundleRequire(import.meta.url);" },
-});
-
-// fp2alias and std2fifo start once per connection in the examples: CommonJS skips the ESM loader
-// and the facade it builds over each built-in (node:fs's touches all its lazy getters, streams
-// included), about 10 ms here; whitespace and syntax minified, a few ms less to parse.
-await build({
-  ...common,
-  entryPoints: entries(['fp2alias', 'std2fifo']),
-  format: 'cjs',
-  outExtension: { '.js': '.cjs' },
-  define: { 'import.meta.url': 'bundleUrl' },
-  // commander only explains a command line the quick parser leaves to it (src/cli/quick-args.ts):
-  // required from node_modules then, it costs the usual run no compiling of its 57 KB.
-  external: [...common.external, 'commander'],
-  banner: { js: "const bundleUrl = require('node:url').pathToFileURL(__filename).href;" },
+  // Less to parse at each start; names are kept, so stack traces still read.
   minifyWhitespace: true,
   minifySyntax: true,
+  logLevel: 'warning',
 });
 
 // Not a program: the rules of fingerprints and alias files, for the examples that ship in the

@@ -162,7 +162,7 @@ t.test('README: the run command really serves a client with a certificate', { ti
   const peerDir = join(home, 'peer');
   mkdirSync(peerDir);
   const peer = { key: join(peerDir, 'key.pem'), cert: join(peerDir, 'cert.pem'), fingerprint: '' };
-  peer.fingerprint = execFileSync(process.execPath, [bin('tlsd-keygen'), '-k', peer.key, '-c', peer.cert], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+  peer.fingerprint = execFileSync(bin('tlsd-keygen'), ['-k', peer.key, '-c', peer.cert], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
   const reply = await exchange(actualPort, peer, 'ping from test/docs.ts\n');
   t.match(reply, peer.fingerprint, `the child saw the client's SHA256: ${JSON.stringify(reply)}`);
   t.match(reply, 'ping from test/docs.ts\n', 'and what the client sent came back');

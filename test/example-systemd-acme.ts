@@ -74,7 +74,7 @@ t.test('certbot, pebble and the documented deploy hook renew a running tlsd, und
   chmodSync(live, 0o750);
   const key = join(live, 'key.pem');
   const cert = join(live, 'cert.pem');
-  execFileSync(process.execPath, [bin('tlsd-keygen'), '-k', key, '-c', cert, '-s', 'hello'], { stdio: 'ignore' });
+  execFileSync(bin('tlsd-keygen'), ['-k', key, '-c', cert, '-s', 'hello'], { stdio: 'ignore' });
   chownSync(key, 0, NOGROUP);
   chmodSync(key, 0o640);
   const selfSigned = opensslFingerprint(cert);

@@ -71,7 +71,7 @@ t.test("the unit's ExecStart= with example.conf's settings, under socket activat
 
   const port = await freePort();
   const notify = new NotifySocket(t);
-  const launcher = spawn('systemd-socket-activate', ['-l', `127.0.0.1:${port}`, '-E', 'NOTIFY_SOCKET', '-E', 'TLSD_SYSLOG_SOCKET', process.execPath, bin('tlsd'), ...args], {
+  const launcher = spawn('systemd-socket-activate', ['-l', `127.0.0.1:${port}`, '-E', 'PATH', '-E', 'NOTIFY_SOCKET', '-E', 'TLSD_SYSLOG_SOCKET', bin('tlsd'), ...args], {
     stdio: ['ignore', 'ignore', 'pipe'],
     env: { ...process.env, ...quietSyslog, NOTIFY_SOCKET: notify.path },
   });

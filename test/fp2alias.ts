@@ -6,7 +6,7 @@ import t from 'tap';
 import { tempDir } from './lib/identity.js';
 import { readsExtraCertsAtStartup } from './lib/node-startup.js';
 import { runProgram } from './lib/run.js';
-import { bin, installedPrograms } from './lib/tlsd.js';
+import { bin, bundle, installedPrograms } from './lib/tlsd.js';
 
 const dir = tempDir('fp2alias-test-');
 const fp = (): string => randomBytes(32).toString('hex');
@@ -135,7 +135,7 @@ t.test('the bytes after the alias line reach the command intact', async (t) => {
   const file = aliasFile();
   const rest = Buffer.concat([Buffer.from('first line\n'), randomBytes(100_000), Buffer.from('\nlast')]);
   const result = await new Promise<{ status: number | null; stdout: Buffer }>((resolve) => {
-    const proc = spawn(process.execPath, [bin('fp2alias'), '-a', '-f', file, '--', 'cat'], {
+    const proc = spawn(bin('fp2alias'), ['-a', '-f', file, '--', 'cat'], {
       env: { ...process.env, SHA256: alice, TLSD_SYSLOG_SOCKET: '/nonexistent' },
       stdio: ['pipe', 'pipe', 'inherit'],
     });
@@ -150,7 +150,7 @@ t.test('the bytes after the alias line reach the command intact', async (t) => {
   // Through a real pipe (the above is a socket pair), written in one go by printf.
   const file2 = aliasFile();
   const viaPipe = await new Promise<{ status: number | null; stdout: string }>((resolve) => {
-    const proc = spawn('sh', ['-c', `printf 'bob\\nafter the alias\\n' | "$0" "$1" -a -f "$2" -- cat`, process.execPath, bin('fp2alias'), file2], {
+    const proc = spawn('sh', ['-c', `printf 'bob\\nafter the alias\\n' | "$0" -a -f "$1" -- cat`, bin('fp2alias'), file2], {
       env: { ...process.env, SHA256: bob, TLSD_SYSLOG_SOCKET: '/nonexistent' },
       stdio: ['ignore', 'pipe', 'inherit'],
     });
@@ -187,8 +187,8 @@ t.test('as installed (bin/fp2alias through a symlink): Node starts without NODE_
   // Node 20 warns at start-up when the file cannot be read: the warning shows whether it looked.
   // Node 22 and 24 read it only once TLS is loaded, which fp2alias never does.
   const extra = { SHA256: alice, NODE_EXTRA_CA_CERTS: join(dir, 'no-such-ca.pem') };
-  const direct = await runProgram('fp2alias', ['-f', file, ...show], { env: extra });
-  if (readsExtraCertsAtStartup) t.match(direct.stderr, /Ignoring extra certs/, 'node bin/fp2alias.js reads NODE_EXTRA_CA_CERTS (the check below can fail)');
+  const direct = await runProgram('fp2alias', [bundle('fp2alias'), '-f', file, ...show], { env: extra, file: process.execPath });
+  if (readsExtraCertsAtStartup) t.match(direct.stderr, /Ignoring extra certs/, 'node dist/fp2alias.js, without the launcher, reads NODE_EXTRA_CA_CERTS (the check below can fail)');
   else t.notMatch(direct.stderr, /Ignoring extra certs/, 'this Node reads NODE_EXTRA_CA_CERTS only for TLS, which fp2alias never loads');
   const viaLauncher = await runProgram('fp2alias', ['-f', file, ...show], { env: extra, file: installed });
   t.equal(viaLauncher.status, 0);
@@ -203,7 +203,7 @@ t.test('signals are passed on to the command, and its status comes back', async 
   const file = aliasFile(`${alice} alice\n`);
   const script = 'for s in HUP INT USR1 USR2 QUIT; do trap "echo got $s; exit 42" $s; done; echo ready; while :; do sleep 0.05; done';
   for (const signal of ['SIGHUP', 'SIGINT', 'SIGUSR1', 'SIGUSR2', 'SIGQUIT', 'SIGTERM'] as const) {
-    const proc = spawn(process.execPath, [bin('fp2alias'), '-f', file, '--', 'sh', '-c', script], {
+    const proc = spawn(bin('fp2alias'), ['-f', file, '--', 'sh', '-c', script], {
       env: { ...process.env, SHA256: alice, TLSD_SYSLOG_SOCKET: '/nonexistent' },
       stdio: ['ignore', 'pipe', 'inherit'],
     });

@@ -375,7 +375,7 @@ t.test('without /proc: one clear line at start, exit 1', { skip: canHideProc ? f
   // std2fifo reaches its FIFOs only through /proc/self/fd/N: with no /proc it must not run at all.
   const name = freshName();
   const script = 'mount -t tmpfs none /proc && exec "$@"';
-  const result = spawnSync('unshare', ['-m', 'sh', '-c', script, 'sh', process.execPath, bin('std2fifo'), root], {
+  const result = spawnSync('unshare', ['-m', 'sh', '-c', script, 'sh', bin('std2fifo'), root], {
     env: { ...process.env, SHA256: name, TLSD_SYSLOG_SOCKET: '/nonexistent/tlsd-test-log' },
     input: 'message from the peer\n',
     encoding: 'utf8',

@@ -8,7 +8,7 @@ import { tempDir } from './lib/identity.js';
 import { readsExtraCertsAtStartup } from './lib/node-startup.js';
 import { runProgram } from './lib/run.js';
 import { appears, shell, startStd2fifo, watchOutput, type Running } from './lib/std2fifo.js';
-import { installedPrograms, type Teardown } from './lib/tlsd.js';
+import { bundle, installedPrograms, type Teardown } from './lib/tlsd.js';
 
 const root = tempDir('std2fifo-test-');
 const sha = (data: Buffer): string => createHash('sha256').update(data).digest('hex');
@@ -136,8 +136,8 @@ t.test('as installed (bin/std2fifo through a symlink): runs, and Node starts wit
   // Node 20 warns at start-up when the file cannot be read: the warning shows whether it looked.
   // Node 22 and 24 read it only once TLS is loaded, which std2fifo never does.
   const env = { SHA256: name, NODE_EXTRA_CA_CERTS: join(root, 'no-such-ca.pem') };
-  const direct = await runProgram('std2fifo', [root], { env });
-  if (readsExtraCertsAtStartup) t.match(direct.stderr, /Ignoring extra certs/, 'node bin/std2fifo.js reads NODE_EXTRA_CA_CERTS (the check below can fail)');
+  const direct = await runProgram('std2fifo', [bundle('std2fifo'), root], { env, file: process.execPath });
+  if (readsExtraCertsAtStartup) t.match(direct.stderr, /Ignoring extra certs/, 'node dist/std2fifo.js, without the launcher, reads NODE_EXTRA_CA_CERTS (the check below can fail)');
   else t.notMatch(direct.stderr, /Ignoring extra certs/, 'this Node reads NODE_EXTRA_CA_CERTS only for TLS, which std2fifo never loads');
   const viaLauncher = await runProgram('std2fifo', [root], { env, file: installed });
   t.equal(viaLauncher.status, 0, 'stdin at its end: done');

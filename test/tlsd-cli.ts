@@ -139,7 +139,7 @@ t.test('bad start-up input: one line, exit 1, never listening', async (t) => {
     // hooks (tap adds them to every spawn; they would fail writing tap's root-owned files).
     const result =
       process.getuid?.() === 0
-        ? spawnSync('env', ['-u', 'NODE_OPTIONS', process.execPath, bin('tlsd'), '-k', locked, '-c', cert, 'cat'], { uid: 65534, gid: 65534, encoding: 'utf8', timeout: 10_000, env: { ...process.env, TLSD_SYSLOG_SOCKET: '/nonexistent/tlsd-test-log' } })
+        ? spawnSync('env', ['-u', 'NODE_OPTIONS', bin('tlsd'), '-k', locked, '-c', cert, 'cat'], { uid: 65534, gid: 65534, encoding: 'utf8', timeout: 10_000, env: { ...process.env, TLSD_SYSLOG_SOCKET: '/nonexistent/tlsd-test-log' } })
         : undefined;
     const run = result ? { status: result.status, signal: result.signal, stdout: result.stdout, stderr: result.stderr } : await tlsd(['-k', locked, '-c', cert, 'cat']);
     // The line says what to change: the documented set-up, a key readable by tlsd's group.

@@ -37,7 +37,7 @@ function spawnQuiet(t: Teardown, command: string, args: string[], options: Watch
 t.test("the original's authenticate.sh, in our own code: start-up lines, then a dial to localhost", async (t) => {
   const dir = tempDir();
   // As the script runs it (-e, -i, stdin /dev/null), bound to loopback as every test here is.
-  const serverTlsd = spawnQuiet(t, process.execPath, [bin('tlsd'), '-k', server.key, '-c', server.cert, '-e', '-i', 'tlsd-test-server', '-b', '127.0.0.1', '--', 'sh', '-c', 'echo "${SIDE} talks to ${SHA256}"']);
+  const serverTlsd = spawnQuiet(t, bin('tlsd'), ['-k', server.key, '-c', server.cert, '-e', '-i', 'tlsd-test-server', '-b', '127.0.0.1', '--', 'sh', '-c', 'echo "${SIDE} talks to ${SHA256}"']);
   const start = await originalStart(serverTlsd);
   if ('mismatch' in start) {
     t.fail(`the start-up lines are the original's: ${start.mismatch}`);
@@ -52,7 +52,7 @@ t.test("the original's authenticate.sh, in our own code: start-up lines, then a 
   let output = '';
   reader.proc.stdout!.on('data', (chunk: Buffer) => (output += chunk.toString()));
   const readerDone = once(reader.proc, 'close'); // after all its output was read
-  const client = spawnQuiet(t, process.execPath, [bin('tlsd'), '-k', alice.key, '-c', alice.cert, '-i', 'tlsd-test-client', '-b', '127.0.0.1', '--', 'sh', '-c', '( echo "${SIDE} talks to ${SHA256}" && cat ) > client-cmd-out'], {
+  const client = spawnQuiet(t, bin('tlsd'), ['-k', alice.key, '-c', alice.cert, '-i', 'tlsd-test-client', '-b', '127.0.0.1', '--', 'sh', '-c', '( echo "${SIDE} talks to ${SHA256}" && cat ) > client-cmd-out'], {
     cwd: dir,
     stdin: 'pipe',
   });
@@ -71,7 +71,7 @@ t.test("our own start-up lines come after the original's three, never between th
   // Every start-up line of ours at once: a new default identity, an ignored ALL_PROXY, a
   // NOTIFY_SOCKET tlsd cannot use, a spawn helper that cannot start, a key readable by everyone.
   const home = join(dir, 'config');
-  const tlsd = spawnQuiet(t, process.execPath, [bin('tlsd'), '-e', '-b', '127.0.0.1', '--', 'cat'], {
+  const tlsd = spawnQuiet(t, bin('tlsd'), ['-e', '-b', '127.0.0.1', '--', 'cat'], {
     env: { XDG_CONFIG_HOME: home, TLSD_SYSTEM_DIR: join(dir, 'no-system-identity'), ALL_PROXY: 'http://proxy.invalid:3128', NOTIFY_SOCKET: '@tlsd-test-abstract', TLSD_SPAWNER: join(dir, 'no-such-helper') },
   });
   const start = await originalStart(tlsd);
@@ -89,7 +89,7 @@ t.test("our own start-up lines come after the original's three, never between th
   const key = join(dir, 'open-key.pem');
   copyFileSync(server.key, key);
   chmodSync(key, 0o644);
-  const exposed = spawnQuiet(t, process.execPath, [bin('tlsd'), '-e', '-b', '127.0.0.1', '-k', key, '-c', server.cert, '--', 'cat']);
+  const exposed = spawnQuiet(t, bin('tlsd'), ['-e', '-b', '127.0.0.1', '-k', key, '-c', server.cert, '--', 'cat']);
   const exposedStart = await originalStart(exposed);
   t.notOk('mismatch' in exposedStart, `with an exposed key, the first three lines are still the original's${'mismatch' in exposedStart ? `: ${exposedStart.mismatch}` : ''}`);
   await exposed.waitFor(/is readable by everyone/);
@@ -120,7 +120,7 @@ function cpuTicks(pid: number): number {
 t.test('timeout 3 tlsd …: SIGTERM with no peers, exit 0 at once, with the original three lines', async (t) => {
   const started = Date.now();
   // --preserve-status: timeout's own status is tlsd's, not 124.
-  const tlsd = spawnQuiet(t, 'timeout', ['--preserve-status', '3', process.execPath, bin('tlsd'), '-e', '-b', '127.0.0.1', '-k', server.key, '-c', server.cert, 'cat']);
+  const tlsd = spawnQuiet(t, 'timeout', ['--preserve-status', '3', bin('tlsd'), '-e', '-b', '127.0.0.1', '-k', server.key, '-c', server.cert, 'cat']);
   t.equal(await withDeadline(tlsd.exited, 8_000, 'tlsd exits soon after the signal at 3 s'), 0, 'exit status 0');
   t.ok(Date.now() - started < 8_000, `within the deadline (${Date.now() - started} ms from the start)`);
   const lines = tlsd.stderr().trimEnd().split('\n');

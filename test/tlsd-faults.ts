@@ -193,7 +193,7 @@ async function resettableClient(t: Test, port: number): Promise<{ reset: Resetta
 t.test('out of file descriptors: tlsd logs it, stays up, and serves again once they are back', async (t) => {
   const limit = 64;
   // The shell execs tlsd in its place, so the process we watch is tlsd itself.
-  const tlsdArgs = [process.execPath, bin('tlsd'), '-e', '-b', '127.0.0.1', '-k', server.key, '-c', server.cert, '--handshake-timeout', '2', '--', 'cat'];
+  const tlsdArgs = [bin('tlsd'), '-e', '-b', '127.0.0.1', '-k', server.key, '-c', server.cert, '--handshake-timeout', '2', '--', 'cat'];
   const proc = spawn('sh', ['-c', `ulimit -n ${limit} && exec "$@"`, 'sh', ...tlsdArgs], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...quietSyslog } });
   const tlsd = watch(proc);
   t.teardown(async () => {

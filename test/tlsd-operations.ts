@@ -47,7 +47,7 @@ const REPORT = ['sh', '-c', 'env; echo "--- fds of $$"; ls -l /proc/$$/fd; true'
 t.test('socket activation', { skip: hasCommand('systemd-socket-activate') ? false : 'systemd-socket-activate is not installed (Debian package systemd)' }, async (t) => {
   t.test('tlsd serves on the passed socket; children get neither the variables nor the descriptor', async (t) => {
     const port = await freePort();
-    const args = ['-l', `127.0.0.1:${port}`, '--fdname=tls', '-E', 'PATH', '-E', 'TLSD_SYSLOG_SOCKET', process.execPath, bin('tlsd'), '-e', '-k', server.key, '-c', server.cert, '--', ...REPORT];
+    const args = ['-l', `127.0.0.1:${port}`, '--fdname=tls', '-E', 'PATH', '-E', 'TLSD_SYSLOG_SOCKET', bin('tlsd'), '-e', '-k', server.key, '-c', server.cert, '--', ...REPORT];
     const proc = spawn('systemd-socket-activate', args, { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...quietSyslog } });
     const launcher = watch(proc);
     t.teardown(async () => {
@@ -90,7 +90,7 @@ t.test('socket activation', { skip: hasCommand('systemd-socket-activate') ? fals
   t.test(`two passed sockets are both served; with --user too; ${covered ? "with Node's spawn, the child gets /dev/null at 3 and 4" : 'the child holds neither'}`, async (t) => {
     const ports = [await freePort(), await freePort()];
     const drop = process.getuid?.() === 0 ? ['--user', 'nobody'] : [];
-    const args = [...ports.flatMap((port) => ['-l', `127.0.0.1:${port}`]), '-E', 'PATH', '-E', 'TLSD_SYSLOG_SOCKET', '-E', 'TLSD_SPAWNER', process.execPath, bin('tlsd'), '-e', '-k', server.key, '-c', server.cert, ...drop, '--', ...REPORT];
+    const args = [...ports.flatMap((port) => ['-l', `127.0.0.1:${port}`]), '-E', 'PATH', '-E', 'TLSD_SYSLOG_SOCKET', '-E', 'TLSD_SPAWNER', bin('tlsd'), '-e', '-k', server.key, '-c', server.cert, ...drop, '--', ...REPORT];
     const spawnerEnv = covered ? { TLSD_SPAWNER: 'node' } : {};
     const proc = spawn('systemd-socket-activate', args, { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...quietSyslog, ...spawnerEnv } });
     const tlsd = watch(proc);

@@ -89,7 +89,7 @@ t.test('the balancer over IPv6 (::1), and on a socket passed by systemd', async 
   t.same([report[0], report[1], report[4]], ['192.0.2.7', '1000', '::1'], 'an IPv6 balancer, an IPv4 client');
 
   const port = await freePort();
-  const proc = spawn('systemd-socket-activate', ['-l', `127.0.0.1:${port}`, '-E', 'TLSD_SYSLOG_SOCKET', process.execPath, bin('tlsd'), '-e', '-k', server.key, '-c', server.cert, '--accept-proxy', BALANCER, '--', ...REPORT], {
+  const proc = spawn('systemd-socket-activate', ['-l', `127.0.0.1:${port}`, '-E', 'PATH', '-E', 'TLSD_SYSLOG_SOCKET', bin('tlsd'), '-e', '-k', server.key, '-c', server.cert, '--accept-proxy', BALANCER, '--', ...REPORT], {
     stdio: ['ignore', 'ignore', 'pipe'],
     env: { ...process.env, ...quietSyslog },
   });

@@ -17,8 +17,7 @@ export function fail(log: Logger, message: string): never {
 
 /**
  * Ends the process with the status `run` settles to, or with `fail` and the message `describe`
- * makes of its error. A promise rather than top-level await: the helpers are bundled as CommonJS,
- * which starts sooner (scripts/bundle.mjs).
+ * makes of its error.
  */
 export function exitWhenDone(log: Logger, run: Promise<number>, describe: (error: unknown) => string): void {
   run

@@ -5,8 +5,9 @@ import type { OptionSpec, ParsedArgs, ProgramSpec } from './option-spec.js';
  * operand, `-xVALUE` and `--long=VALUE`, grouped flags, the last of a repeated option wins), for
  * the lines that parse cleanly; undefined for anything else (help, version, an unknown option, a
  * missing value or operand, too many operands), which commander then handles and explains.
- * fp2alias and std2fifo start once per connection, and loading commander would cost each run
- * about 10 ms (docs/performance.md); test/unit-quick-args.ts holds the two parsers to one result.
+ * fp2alias and std2fifo start once per connection, and loading commander would be a good part of
+ * each start (docs/performance.md, "Start-up"); test/unit-quick-args.ts holds the two parsers to
+ * one result.
  */
 export function quickParse(spec: ProgramSpec, argv: readonly string[]): ParsedArgs | undefined {
   // commander reads `--no-x` as x turned off; no helper has one, and this parser does not try.

@@ -70,7 +70,7 @@ export function tcpAttempt(port: number, ms = 5_000): Promise<string> {
  * the caller waits for whatever tells it tlsd is up.
  */
 export function spawnTlsd(t: Teardown, args: string[], env: NodeJS.ProcessEnv): RunningTlsd {
-  return spawnWatched(t, process.execPath, [bin('tlsd'), ...args], { env });
+  return spawnWatched(t, bin('tlsd'), args, { env });
 }
 
 export interface WatchedOptions {

@@ -15,12 +15,12 @@ export interface RunOptions {
   cwd?: string;
   /** Killed (SIGKILL) after this long; default 20 s. */
   timeoutMs?: number;
-  /** Run this file (a launcher as installed, or a symlink to one) instead of `node bin/NAME.js`. */
+  /** Run this file (a symlink to the launcher, say) instead of the launcher itself. */
   file?: string;
 }
 
 /**
- * Runs one of our programs (`process.execPath bin/NAME.js`, or `options.file`) to completion and
+ * Runs one of our programs (its launcher, or `options.file`) to completion and
  * collects its output. Syslog goes to a socket that does not exist unless the caller says otherwise, so messages land
  * on stderr and the test's host log stays clean.
  */
@@ -30,7 +30,7 @@ export function runProgram(name: string, args: string[], options: RunOptions = {
     env: { TLSD_SYSLOG_SOCKET: '/nonexistent/tlsd-test-log', ...process.env, ...options.env },
     cwd: options.cwd,
   };
-  const proc = options.file === undefined ? spawn(process.execPath, [bin(name), ...args], spawnOptions) : spawn(options.file, args, spawnOptions);
+  const proc = spawn(options.file ?? bin(name), args, spawnOptions);
   return new Promise((resolve, reject) => {
     let stdout = '';
     let stderr = '';

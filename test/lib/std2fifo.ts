@@ -47,7 +47,7 @@ export function watchOutput(proc: ChildProcess): Running {
 
 /** Runs bin/std2fifo with stdin and stdout as pipes; killed at teardown if still running. */
 export function startStd2fifo(t: Teardown, args: string[], env: NodeJS.ProcessEnv): Running {
-  const proc = spawn(process.execPath, [bin('std2fifo'), ...args], {
+  const proc = spawn(bin('std2fifo'), args, {
     stdio: ['pipe', 'pipe', 'pipe'],
     env: { ...process.env, TLSD_SYSLOG_SOCKET: '/nonexistent/tlsd-test-log', ...env },
   });

@@ -6,12 +6,21 @@ import { fileURLToPath } from 'node:url';
 import type { TestIdentity } from './identity.js';
 
 export const root = fileURLToPath(new URL('../..', import.meta.url));
-export const bin = (name: string): string => `${root}bin/${name}.js`;
 
 /** The programs as `npm install -g` links them: package.json's "bin", name to file. */
 export const installed: Record<string, string> = Object.fromEntries(
   Object.entries((JSON.parse(readFileSync(`${root}package.json`, 'utf8')) as { bin: Record<string, string> }).bin).map(([name, file]) => [name, `${root}${file}`]),
 );
+
+/** A program's launcher, the file package.json "bin" names: what an installed user runs. */
+export function bin(name: string): string {
+  const file = installed[name];
+  if (file === undefined) throw new Error(`package.json "bin" has no ${name}`);
+  return file;
+}
+
+/** A program's bundle (scripts/bundle.mjs), for the tests that show what its launcher adds. */
+export const bundle = (name: string): string => `${root}dist/${name}.js`;
 
 /**
  * `dir`, made, with a symlink per installed program, for PATH: scripts find `tlsd`, `fp2alias` and
@@ -54,16 +63,16 @@ export interface StartOptions {
   inherit?: Record<number, number>;
 }
 
-/** Runs the real bin/tlsd on loopback with -e and a random port, and kills it at teardown. */
+/** Runs tlsd's launcher on loopback with -e and a random port, and kills it at teardown. */
 export async function startTlsd(t: Teardown, start: StartOptions): Promise<RunningTlsd> {
-  const args = [bin('tlsd'), '-e', '-b', '127.0.0.1', ...(start.identity ? ['-k', start.identity.key, '-c', start.identity.cert] : []), ...(start.options ?? []), '--', ...start.command];
+  const args = ['-e', '-b', '127.0.0.1', ...(start.identity ? ['-k', start.identity.key, '-c', start.identity.cert] : []), ...(start.options ?? []), '--', ...start.command];
   const stdio: Array<'ignore' | 'pipe' | number> = [start.stdin ?? 'ignore', 'ignore', 'pipe'];
   for (const [target, fd] of Object.entries(start.inherit ?? {})) {
     while (stdio.length < Number(target)) stdio.push('ignore');
     stdio[Number(target)] = fd;
   }
   const spawnOptions: SpawnOptions = { stdio, env: { ...process.env, ...start.env } };
-  const proc = spawn(process.execPath, args, spawnOptions);
+  const proc = spawn(bin('tlsd'), args, spawnOptions);
   const running = watch(proc);
   t.teardown(async () => {
     if (proc.exitCode === null && proc.signalCode === null) {
