@@ -7,23 +7,26 @@ import { build } from 'esbuild';
 const programs = ['tlsd', 'tlsd-keygen', 'fp2alias', 'std2fifo'];
 
 rmSync('dist', { recursive: true, force: true }); // nothing but this build's files goes into the package
-await build({
-  entryPoints: Object.fromEntries(programs.map((name) => [name, `src/cli/${name}.ts`])),
-  // One level below the package's root, as src/ is: src/package-files.ts finds package.json and
-  // the built spawn helper from there.
-  outdir: 'dist',
+const common = {
   bundle: true,
   platform: 'node',
   format: 'esm',
   target: 'node20',
-  // The native addon is loaded with require() from node_modules at run time.
-  external: ['posix-socket'],
-  // commander is CommonJS, and its require() calls of Node's built-ins need a real require in ESM.
-  banner: { js: "import { createRequire as bundleRequire } from 'node:module'; const require = bundleRequire(import.meta.url);" },
   // Less to parse at each start; names are kept, so stack traces still read.
   minifyWhitespace: true,
   minifySyntax: true,
   logLevel: 'warning',
+};
+await build({
+  ...common,
+  entryPoints: Object.fromEntries(programs.map((name) => [name, `src/cli/${name}.ts`])),
+  // One level below the package's root, as src/ is: src/package-files.ts finds package.json and
+  // the built spawn helper from there.
+  outdir: 'dist',
+  // The native addon is loaded with require() from node_modules at run time.
+  external: ['posix-socket'],
+  // commander is CommonJS, and its require() calls of Node's built-ins need a real require in ESM.
+  banner: { js: "import { createRequire as bundleRequire } from 'node:module'; const require = bundleRequire(import.meta.url);" },
 });
 
 // Not a program: the rules of fingerprints and alias files, for the examples that ship in the
@@ -31,11 +34,10 @@ await build({
 await build({
   ...common,
   stdin: {
-    contents: "export { isFingerprint } from './dist/peer/fingerprint.js'; export { parseAliases } from './dist/peer/alias-file.js';",
+    contents: "export { isFingerprint } from './src/peer/fingerprint.ts'; export { parseAliases } from './src/peer/alias-file.ts';",
     resolveDir: '.',
-    sourcefile: 'peer.bundle.js',
+    sourcefile: 'peer.ts',
+    loader: 'ts',
   },
-  outfile: 'dist/peer.bundle.js',
-  outdir: undefined,
-  format: 'esm',
+  outfile: 'dist/peer.js',
 });
