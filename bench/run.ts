@@ -145,7 +145,7 @@ async function main(): Promise<void> {
   const argv = process.argv.slice(2);
   const options = parseOptions(argv);
   const started = Date.now();
-  if (!existsSync(join(repo, 'dist/tlsd.js'))) throw new Error('dist/ is missing: run npm run build first');
+  if (!existsSync(join(repo, 'dist/tlsd.cjs'))) throw new Error('dist/ is missing: run npm run build first');
   let specs = options.servers ? allServers.filter((spec) => options.servers!.includes(spec.name)) : allServers;
   specs = ensureServers(specs, log);
   const files = prepareFiles(repo, options.loads.has('download') ? options.downloadMiB * 1024 * 1024 : 0);

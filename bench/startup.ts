@@ -105,8 +105,8 @@ export async function measureStartup(repo: string, files: Files, repeats: number
     {
       // What the launcher saves: Node 20 reads NODE_EXTRA_CA_CERTS before the first line of a script.
       name: 'fp2alias without its launcher',
-      command: 'SHA256=<known> node dist/fp2alias.js -f ALIASES',
-      run: { file: node, args: ['dist/fp2alias.js', '-f', aliases], env: { SHA256: fingerprint }, expect: 'alice\n' },
+      command: 'SHA256=<known> node dist/fp2alias.cjs -f ALIASES',
+      run: { file: node, args: ['dist/fp2alias.cjs', '-f', aliases], env: { SHA256: fingerprint }, expect: 'alice\n' },
     },
     {
       name: 'std2fifo',

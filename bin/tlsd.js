@@ -1,2 +1,4 @@
 #!/usr/bin/env node
-import '../dist/tlsd.js';
+// The program is one CommonJS file (scripts/bundle.mjs); require() skips the export scan an import makes.
+import { createRequire } from 'node:module';
+createRequire(import.meta.url)('../dist/tlsd.cjs');

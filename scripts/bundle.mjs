@@ -1,6 +1,6 @@
-// The build's one compile: each program, from its TypeScript, becomes one ES module in dist/, which
-// bin/ launches. tsc only type-checks (npm run typecheck). Why one file per program, and why one
-// format serves all four: docs/performance.md, "Start-up".
+// The build's one compile: each program, from its TypeScript, becomes one CommonJS file in dist/,
+// which bin/ launches. tsc only type-checks (npm run typecheck). Why one file per program, and why
+// CommonJS for all four: docs/performance.md, "Start-up".
 import { rmSync } from 'node:fs';
 import { build } from 'esbuild';
 
@@ -10,8 +10,12 @@ rmSync('dist', { recursive: true, force: true }); // nothing but this build's fi
 const common = {
   bundle: true,
   platform: 'node',
-  format: 'esm',
+  format: 'cjs',
+  outExtension: { '.js': '.cjs' },
   target: 'node20',
+  // src/ is ES modules; import.meta.url, the one thing of ESM it uses, is the bundle's file URL.
+  define: { 'import.meta.url': 'bundleUrl' },
+  banner: { js: "const bundleUrl = require('node:url').pathToFileURL(__filename).href;" },
   // Less to parse at each start; names are kept, so stack traces still read.
   minifyWhitespace: true,
   minifySyntax: true,
@@ -25,8 +29,6 @@ await build({
   outdir: 'dist',
   // The native addon is loaded with require() from node_modules at run time.
   external: ['posix-socket'],
-  // commander is CommonJS, and its require() calls of Node's built-ins need a real require in ESM.
-  banner: { js: "import { createRequire as bundleRequire } from 'node:module'; const require = bundleRequire(import.meta.url);" },
 });
 
 // Not a program: the rules of fingerprints and alias files, for the examples that ship in the
@@ -39,5 +41,5 @@ await build({
     sourcefile: 'peer.ts',
     loader: 'ts',
   },
-  outfile: 'dist/peer.js',
+  outfile: 'dist/peer.cjs',
 });

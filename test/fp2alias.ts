@@ -188,7 +188,7 @@ t.test('as installed (bin/fp2alias through a symlink): Node starts without NODE_
   // Node 22 and 24 read it only once TLS is loaded, which fp2alias never does.
   const extra = { SHA256: alice, NODE_EXTRA_CA_CERTS: join(dir, 'no-such-ca.pem') };
   const direct = await runProgram('fp2alias', [bundle('fp2alias'), '-f', file, ...show], { env: extra, file: process.execPath });
-  if (readsExtraCertsAtStartup) t.match(direct.stderr, /Ignoring extra certs/, 'node dist/fp2alias.js, without the launcher, reads NODE_EXTRA_CA_CERTS (the check below can fail)');
+  if (readsExtraCertsAtStartup) t.match(direct.stderr, /Ignoring extra certs/, 'node dist/fp2alias.cjs, without the launcher, reads NODE_EXTRA_CA_CERTS (the check below can fail)');
   else t.notMatch(direct.stderr, /Ignoring extra certs/, 'this Node reads NODE_EXTRA_CA_CERTS only for TLS, which fp2alias never loads');
   const viaLauncher = await runProgram('fp2alias', ['-f', file, ...show], { env: extra, file: installed });
   t.equal(viaLauncher.status, 0);

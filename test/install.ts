@@ -126,7 +126,7 @@ t.test('npm install -g of the packed tarball, by an ordinary user, from the regi
   for (const file of [...Object.values(pkg.bin), ...pkg.man, 'LICENSE', 'package.json', 'binding.gyp', 'src/launch/spawn-helper.c']) {
     t.ok(files.has(file.replace(/^\.\//, '')), `the tarball holds ${file}`);
   }
-  const extra = [...files].filter((file) => /^(test|bench|scripts|\.ci)\/|\.map$|\.tsx?$|tsconfig/.test(file) || (file.startsWith('dist/') && !/^dist\/[^/]+\.js$/.test(file)));
+  const extra = [...files].filter((file) => /^(test|bench|scripts|\.ci)\/|\.map$|\.tsx?$|tsconfig/.test(file) || (file.startsWith('dist/') && !/^dist\/[^/]+\.cjs$/.test(file)));
   t.same(extra, [], 'and no tests, bench, scripts, source maps, TypeScript or unbundled modules');
   if (isRoot) chownSync(join(work, tarball), 65534, 65534);
 

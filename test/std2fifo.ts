@@ -137,7 +137,7 @@ t.test('as installed (bin/std2fifo through a symlink): runs, and Node starts wit
   // Node 22 and 24 read it only once TLS is loaded, which std2fifo never does.
   const env = { SHA256: name, NODE_EXTRA_CA_CERTS: join(root, 'no-such-ca.pem') };
   const direct = await runProgram('std2fifo', [bundle('std2fifo'), root], { env, file: process.execPath });
-  if (readsExtraCertsAtStartup) t.match(direct.stderr, /Ignoring extra certs/, 'node dist/std2fifo.js, without the launcher, reads NODE_EXTRA_CA_CERTS (the check below can fail)');
+  if (readsExtraCertsAtStartup) t.match(direct.stderr, /Ignoring extra certs/, 'node dist/std2fifo.cjs, without the launcher, reads NODE_EXTRA_CA_CERTS (the check below can fail)');
   else t.notMatch(direct.stderr, /Ignoring extra certs/, 'this Node reads NODE_EXTRA_CA_CERTS only for TLS, which std2fifo never loads');
   const viaLauncher = await runProgram('std2fifo', [root], { env, file: installed });
   t.equal(viaLauncher.status, 0, 'stdin at its end: done');

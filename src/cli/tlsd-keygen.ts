@@ -71,23 +71,28 @@ if ((cli.tlsa === undefined) !== (cli.port === undefined)) program.error('error:
 // Not a daemon: errors go to stderr (and syslog, as for the other programs); nothing else is logged.
 const log = startLogging({ ident: 'tlsd-keygen' });
 
-try {
-  let fingerprint: string;
-  if (cli.fingerprint !== undefined) {
-    fingerprint = await certificateFingerprint(cli.fingerprint);
-  } else {
-    const key: KeySpec = { type: cli.type, bits: cli.bits };
-    const made = await keygen({ key, subject: cli.subject, days: cli.days, keyFile: cli.key, certFile: cli.cert, force: cli.force === true });
-    fingerprint = made.fingerprint;
-    const until = made.notAfter.toISOString().replace('T', ' ').replace('.000Z', ' UTC');
-    process.stderr.write(
-      `tlsd-keygen: wrote key ${cli.key} (${describeKey(key)}, mode 0600) and certificate ${cli.cert} (${formatSubject(cli.subject)}, valid until ${until})\n`,
-    );
+// A function, not top-level await: the bundle is CommonJS (scripts/bundle.mjs), which has none.
+async function run(): Promise<void> {
+  try {
+    let fingerprint: string;
+    if (cli.fingerprint !== undefined) {
+      fingerprint = await certificateFingerprint(cli.fingerprint);
+    } else {
+      const key: KeySpec = { type: cli.type, bits: cli.bits };
+      const made = await keygen({ key, subject: cli.subject, days: cli.days, keyFile: cli.key, certFile: cli.cert, force: cli.force === true });
+      fingerprint = made.fingerprint;
+      const until = made.notAfter.toISOString().replace('T', ' ').replace('.000Z', ' UTC');
+      process.stderr.write(
+        `tlsd-keygen: wrote key ${cli.key} (${describeKey(key)}, mode 0600) and certificate ${cli.cert} (${formatSubject(cli.subject)}, valid until ${until})\n`,
+      );
+    }
+    // stdout carries only values, so that `fp=$(tlsd-keygen ...)` works.
+    process.stdout.write(`${fingerprint}\n`);
+    if (cli.tlsa !== undefined && cli.port !== undefined) process.stdout.write(`${tlsaRecord(cli.tlsa, cli.port, fingerprint)}\n`);
+    log.close();
+  } catch (error) {
+    fail(log, error instanceof KeygenError ? error.message : reason(error));
   }
-  // stdout carries only values, so that `fp=$(tlsd-keygen ...)` works.
-  process.stdout.write(`${fingerprint}\n`);
-  if (cli.tlsa !== undefined && cli.port !== undefined) process.stdout.write(`${tlsaRecord(cli.tlsa, cli.port, fingerprint)}\n`);
-  log.close();
-} catch (error) {
-  fail(log, error instanceof KeygenError ? error.message : reason(error));
 }
+
+void run();

@@ -103,41 +103,46 @@ const notifier = new Notifier(process.env, process.pid, log);
 // on, and what children inherit. The daemon is given it and reads no other.
 const environment = { ...process.env };
 
-try {
-  const becomes = resolvePrivileges({ user: cli.user, group: cli.group });
-  const identity = await chooseIdentity({ keyFile: cli.key, certFile: cli.cert }, environment);
-  if (identity.created) log.notice(`Created a new identity: ${identity.keyFile} and ${identity.certFile}`);
-  const proxy = chooseProxy(cli.socks, environment);
-  if (proxy.ignored) log.warning(`Ignoring ${proxy.ignored}`);
-  const daemon = await Daemon.start({
-    keyFile: identity.keyFile,
-    certFile: identity.certFile,
-    host: cli.bind,
-    port: cli.port ?? 0,
-    activated,
-    command,
-    args,
-    endSignal: cli.signal,
-    requireCert: cli.requireCert,
-    certDir: cli.certDir,
-    caFile: cli.ca,
-    aliasesFile: cli.aliases,
-    proxy: proxy.proxy,
-    maxPeers: cli.maxPeers,
-    maxPerAddress: cli.maxPerIp,
-    trustedProxies: cli.acceptProxy,
-    maxHandshakes: cli.maxHandshakes,
-    handshakeTimeoutMs: cli.handshakeTimeout * 1000,
-    spawnHelper: chooseSpawner(environment),
-    dialInput: process.stdin,
-    environment,
-    onPeerCount: (count) => notifier.status(peerStatus(count)),
-    beforeServing: () => dropPrivileges(becomes),
-    log,
-  });
-  log.release();
-  handleSignals(daemon, notifier, log, (code) => process.exit(code));
-  notifier.ready(peerStatus(0));
-} catch (error) {
-  fail(log, reason(error));
+// A function, not top-level await: the bundle is CommonJS (scripts/bundle.mjs), which has none.
+async function start(): Promise<void> {
+  try {
+    const becomes = resolvePrivileges({ user: cli.user, group: cli.group });
+    const identity = await chooseIdentity({ keyFile: cli.key, certFile: cli.cert }, environment);
+    if (identity.created) log.notice(`Created a new identity: ${identity.keyFile} and ${identity.certFile}`);
+    const proxy = chooseProxy(cli.socks, environment);
+    if (proxy.ignored) log.warning(`Ignoring ${proxy.ignored}`);
+    const daemon = await Daemon.start({
+      keyFile: identity.keyFile,
+      certFile: identity.certFile,
+      host: cli.bind,
+      port: cli.port ?? 0,
+      activated,
+      command,
+      args,
+      endSignal: cli.signal,
+      requireCert: cli.requireCert,
+      certDir: cli.certDir,
+      caFile: cli.ca,
+      aliasesFile: cli.aliases,
+      proxy: proxy.proxy,
+      maxPeers: cli.maxPeers,
+      maxPerAddress: cli.maxPerIp,
+      trustedProxies: cli.acceptProxy,
+      maxHandshakes: cli.maxHandshakes,
+      handshakeTimeoutMs: cli.handshakeTimeout * 1000,
+      spawnHelper: chooseSpawner(environment),
+      dialInput: process.stdin,
+      environment,
+      onPeerCount: (count) => notifier.status(peerStatus(count)),
+      beforeServing: () => dropPrivileges(becomes),
+      log,
+    });
+    log.release();
+    handleSignals(daemon, notifier, log, (code) => process.exit(code));
+    notifier.ready(peerStatus(0));
+  } catch (error) {
+    fail(log, reason(error));
+  }
 }
+
+void start();

@@ -20,7 +20,7 @@ export function bin(name: string): string {
 }
 
 /** A program's bundle (scripts/bundle.mjs), for the tests that show what its launcher adds. */
-export const bundle = (name: string): string => `${root}dist/${name}.js`;
+export const bundle = (name: string): string => `${root}dist/${name}.cjs`;
 
 /**
  * `dir`, made, with a symlink per installed program, for PATH: scripts find `tlsd`, `fp2alias` and
