@@ -2,12 +2,17 @@
 // which bin/ launches. tsc only type-checks (npm run typecheck). Why one file per program, and why
 // CommonJS for all four: docs/performance.md, "Start-up".
 import { rmSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
+
+// Every path below is the package's, wherever this is run from (rmSync must not empty another dist/).
+const root = fileURLToPath(new URL('..', import.meta.url));
 
 const programs = ['tlsd', 'tlsd-keygen', 'fp2alias', 'std2fifo'];
 
-rmSync('dist', { recursive: true, force: true }); // nothing but this build's files goes into the package
+rmSync(`${root}dist`, { recursive: true, force: true }); // nothing but this build's files goes into the package
 const common = {
+  absWorkingDir: root,
   bundle: true,
   platform: 'node',
   format: 'cjs',
@@ -15,7 +20,9 @@ const common = {
   target: 'node20',
   // src/ is ES modules; import.meta.url, the one thing of ESM it uses, is the bundle's file URL.
   define: { 'import.meta.url': 'bundleUrl' },
-  banner: { js: "const bundleUrl = require('node:url').pathToFileURL(__filename).href;" },
+  // "use strict" first: after the banner's statement, esbuild's own directive would be a mere
+  // expression, and src/ (ES modules, always strict) would run sloppy.
+  banner: { js: "'use strict';const bundleUrl = require('node:url').pathToFileURL(__filename).href;" },
   // Less to parse at each start; names are kept, so stack traces still read.
   minifyWhitespace: true,
   minifySyntax: true,
@@ -37,7 +44,7 @@ await build({
   ...common,
   stdin: {
     contents: "export { isFingerprint } from './src/peer/fingerprint.ts'; export { parseAliases } from './src/peer/alias-file.ts';",
-    resolveDir: '.',
+    resolveDir: root,
     sourcefile: 'peer.ts',
     loader: 'ts',
   },
