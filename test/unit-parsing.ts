@@ -15,6 +15,8 @@ t.test('dial lines', async (t) => {
   t.same(parseDialLine('  Example.COM.\t443 '), { target: { host: 'Example.COM.', name: 'example.com', port: 443 } });
   t.same(parseDialLine('::1 5600'), { target: { host: '::1', port: 5600 } });
   t.same(parseDialLine('[2001:db8::1] 80'), { target: { host: '2001:db8::1', port: 80 } });
+  // An address with a trailing dot is that address: no host name, so no SNI (it was sent as one).
+  t.same(parseDialLine('192.0.2.7. 443'), { target: { host: '192.0.2.7', port: 443 } });
   t.same(parseDialLine('10.0.0.1 1'), { target: { host: '10.0.0.1', port: 1 } });
   t.same(parseDialLine('abc.onion 18765'), { target: { host: 'abc.onion', name: 'abc.onion', port: 18765 } });
   t.same(parseDialLine(''), { blank: true });

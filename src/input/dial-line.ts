@@ -30,10 +30,14 @@ export function parseDialLine(line: string): ParsedLine {
     return { error: `expected "host port [fingerprint]", got ${fields.length} field${fields.length === 1 ? '' : 's'}` };
   }
   const [rawHost, rawPort, rawPin] = fields as [string, string, string | undefined];
-  const host = rawHost.startsWith('[') && rawHost.endsWith(']') ? rawHost.slice(1, -1) : rawHost;
-  const address = isIP(host) !== 0;
-  const name = address ? undefined : canonicalHostName(host);
-  if (!address && name === undefined) return { error: 'invalid host' };
+  const written = rawHost.startsWith('[') && rawHost.endsWith(']') ? rawHost.slice(1, -1) : rawHost;
+  const canonical = isIP(written) !== 0 ? undefined : canonicalHostName(written);
+  // `1.2.3.4.` is an address written as a name: dialed as the address, and like any address sent
+  // no SNI (RFC 6066 names only host names there).
+  const writtenAddress = canonical !== undefined && isIP(canonical) !== 0;
+  const host = writtenAddress ? canonical : written;
+  const name = writtenAddress ? undefined : canonical;
+  if (isIP(host) === 0 && name === undefined) return { error: 'invalid host' };
   if (!/^\d{1,5}$/.test(rawPort) || Number(rawPort) < 1 || Number(rawPort) > 65535) {
     return { error: 'invalid port (expected 1 to 65535)' };
   }
