@@ -32,7 +32,10 @@ import { parseArgs } from 'node:util';
  * alias file means here what it means to tlsd --aliases and fp2alias (a duplicate alias is refused).
  * @type {Pick<typeof import('../../src/peer/fingerprint.js'), 'isFingerprint'> & Pick<typeof import('../../src/peer/alias-file.js'), 'parseAliases'>}
  */
-const { isFingerprint, parseAliases } = await import(new URL('../../dist/peer.cjs', import.meta.url).href);
+const { isFingerprint, parseAliases } = await import(new URL('../../dist/peer.cjs', import.meta.url).href).catch(() => {
+  process.stderr.write('tlsd-im-client: tlsd is not built here (no dist/peer.cjs): run npm run build in the package\n');
+  process.exit(1);
+});
 /** How often the directory is scanned again, in case fs.watch misses a new peer or FIFO. */
 const RESCAN_MS = 1000;
 /** A message that does not end in a newline is shown after this long without more text. */

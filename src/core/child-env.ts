@@ -42,7 +42,7 @@ export interface ChildConnection extends PeerNames {
 
 /**
  * What every child inherits: tlsd's environment without any connection variable. Taken once at
- * start (tlsd never changes its environment), since reading process.env is slow.
+ * start (tlsd never changes its environment), not per child.
  */
 export function baseEnvironment(env: Readonly<NodeJS.ProcessEnv>): Environment {
   const base: Environment = {};

@@ -24,8 +24,9 @@ const REPLIES: Record<number, string> = {
 
 /**
  * Opens a TCP connection to `host:port` through a SOCKS5 proxy (RFC 1928, no authentication,
- * CONNECT); `host` is an address or a host name in its one form (canonicalHostName). A host name is sent as a name (ATYP 3) and only the proxy resolves it: nothing is
- * looked up here, which is what `.onion` names need and what keeps DNS from leaking around Tor.
+ * CONNECT); `host` is an address or a host name in its one form (canonicalHostName). A host
+ * name is sent as a name (ATYP 3) and only the proxy resolves it: nothing is looked up here,
+ * which is what `.onion` names need and what keeps DNS from leaking around Tor.
  * Resolves with the socket, ready for TLS, once the proxy says it is connected; rejects with a
  * one-line error naming the proxy on any failure, including no success within `timeoutMs`.
  */
