@@ -53,6 +53,7 @@ export type ToWorker =
   | { t: 'shutdown' }
   | { t: 'kill' };
 
+/** A worker sends what it has to say in one turn of its event loop as one array of these. */
 export type FromWorker =
   /** Serving: credentials loaded, the spawn helper up. */
   | { t: 'ready' }
@@ -65,5 +66,4 @@ export type FromWorker =
   | { t: 'released'; id: number }
   | { t: 'peers'; count: number }
   | { t: 'reloaded' }
-  | { t: 'status'; request: number; rows: string[] }
-  | { t: 'killed'; count: number };
+  | { t: 'status'; request: number; rows: string[] };

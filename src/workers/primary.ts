@@ -1,6 +1,7 @@
 import type { AddressInfo, Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import { describeExit } from '../os/signal-names.js';
+import { reason } from '../log/reason.js';
 import type { ProxiedEndpoints } from '../input/proxy-header.js';
 import { announceListening, listenerSettings, logStartup, openAliases, reloadIdentity, statusHeader, stopTakingPeers, type DaemonOptions, type Service } from '../core/daemon.js';
 import { readDialLines } from '../core/dial-lines.js';
@@ -291,7 +292,7 @@ export class Primary implements Service {
     this.workers[old.index - 1] = worker;
     worker.whenReady().then(
       () => this.options.log.info(`Started worker ${worker.index}, pid ${worker.pid}`),
-      (error: unknown) => this.options.log.error(`${(error as Error).message}`),
+      (error: unknown) => this.options.log.error(reason(error)),
     );
   }
 

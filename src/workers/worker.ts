@@ -130,7 +130,7 @@ class Worker {
         void this.end();
         return;
       case 'kill':
-        send({ t: 'killed', count: this.peers.killAll() });
+        this.peers.killAll();
         this.log.close();
         process.exit(1);
         return;
@@ -208,7 +208,20 @@ function identityFromCredentials({ key, cert, ca }: Credentials): Identity {
   return identityFromPem(Buffer.from(key), Buffer.from(cert), ca === undefined ? undefined : Buffer.from(ca));
 }
 
-/** To the primary; once it is gone, nothing (the worker is ending). */
+let outbox: FromWorker[] = [];
+
+/**
+ * To the primary, with whatever else this turn of the event loop says, in one IPC message: a busy
+ * worker has several things to say per connection, and each message is a write and a parse.
+ * Once the primary is gone, nothing (the worker is ending).
+ */
 function send(message: FromWorker): void {
-  if (process.connected) process.send?.(message);
+  outbox.push(message);
+  if (outbox.length === 1) setImmediate(flushOutbox);
+}
+
+function flushOutbox(): void {
+  const batch = outbox;
+  outbox = [];
+  if (process.connected) process.send?.(batch);
 }
