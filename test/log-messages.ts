@@ -1,5 +1,5 @@
 // Every message tlsd's code can log is in the manual's "Log messages" section (docs/manual.md,
-// 3.6), so that the table scripts are written against cannot drift from the program. The code is
+// 3.7), so that the table scripts are written against cannot drift from the program. The code is
 // read with TypeScript's parser, from src/cli/tlsd.ts through everything it imports; each log call's
 // message is turned into a pattern (its fixed text, anything in place of each `${…}`) that must
 // match a line of the section. A message with no fixed text of its own must be one of the relays

@@ -40,6 +40,8 @@ export class Primary implements Service {
   private readonly slots: PeerSlots;
   private readonly listener: Listener;
   private readonly waiters = new Set<Waiter>();
+  /** Connections admitted while no worker was up, until one is. */
+  private readonly waiting = new Map<Socket, { remote: string; proxied?: ProxiedEndpoints; timer: NodeJS.Timeout }>();
   private nextId = 1;
   private nextRequest = 1;
   private lastPick = 0;
@@ -121,6 +123,12 @@ export class Primary implements Service {
     if (this.drained) return this.drained;
     this.stopping = true;
     stopTakingPeers(this.options, this.listener, this.slots);
+    for (const [socket, { remote, timer }] of this.waiting) {
+      clearTimeout(timer);
+      this.listener.abandon(socket);
+      this.listener.turnAway(socket, remote, 'shutting down');
+    }
+    this.waiting.clear();
     for (const worker of this.workers) worker.send({ t: 'shutdown' });
     this.drained = this.workers.some((worker) => worker.running) ? new Promise((resolve) => (this.allGone = resolve)) : Promise.resolve();
     return this.drained;
@@ -181,6 +189,14 @@ export class Primary implements Service {
   private handOff(socket: Socket, remote: string, proxied: ProxiedEndpoints | undefined): void {
     const worker = this.pick();
     if (!worker) {
+      // Listening starts before the workers are up (they are forked once privileges are dropped),
+      // and a worker being replaced is not up either: a connection then waits for one, as long
+      // as its handshake may take.
+      if (!this.stopping && this.workers.some((other) => other.running)) {
+        const timer = setTimeout(() => this.unwait(socket, remote), this.options.handshakeTimeoutMs);
+        this.waiting.set(socket, { remote, proxied, timer });
+        return;
+      }
       this.listener.abandon(socket);
       this.listener.turnAway(socket, remote, 'no worker is running');
       return;
@@ -190,6 +206,23 @@ export class Primary implements Service {
     worker.connections.set(id, { standIn: socket, slot: false, closed: false });
     socket.once('close', () => this.standInClosed(worker, id, socket));
     worker.send({ t: 'connection', id, remote, proxied, rest: rest?.toString('base64') }, socket);
+  }
+
+  /** A connection that waited for a worker in vain: turned away. */
+  private unwait(socket: Socket, remote: string): void {
+    if (!this.waiting.delete(socket) || socket.destroyed) return;
+    this.listener.abandon(socket);
+    this.listener.turnAway(socket, remote, 'no worker is running');
+  }
+
+  /** A worker is up: the connections waiting for one go to the workers (those still open). */
+  private handWaiting(): void {
+    const waiting = [...this.waiting];
+    this.waiting.clear();
+    for (const [socket, { remote, proxied, timer }] of waiting) {
+      clearTimeout(timer);
+      if (!socket.destroyed) this.handOff(socket, remote, proxied);
+    }
   }
 
   /** Closed here (evicted, past its deadline, refused): the worker closes its end too. */
@@ -203,6 +236,8 @@ export class Primary implements Service {
   private received(worker: WorkerProcess, message: FromWorker): void {
     for (const waiter of this.waiters) waiter(worker, message);
     switch (message.t) {
+      case 'ready':
+        return this.handWaiting();
       case 'secure':
         return this.secure(worker, message.id);
       case 'failed': {

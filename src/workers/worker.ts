@@ -151,11 +151,15 @@ class Worker {
     this.byId.set(id, handed);
     this.byTcp.set(tcp, handed);
     tcp.on('error', () => {}); // the TLS side reports what matters
-    tcp.once('close', () => {
-      this.byId.delete(id);
-      this.byTcp.delete(tcp);
-      send({ t: 'closed', id });
-    });
+    // After the TLS side has said how its handshake ended (its error comes in a later tick than
+    // this close): the primary logs a failed handshake only while it still counts the connection.
+    tcp.once('close', () =>
+      setImmediate(() => {
+        this.byId.delete(id);
+        this.byTcp.delete(tcp);
+        send({ t: 'closed', id });
+      }),
+    );
     if (rest) tcp.unshift(Buffer.from(rest, 'base64'));
     this.terminator.take(tcp);
   }
