@@ -1,5 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
 import t from 'tap';
 import { freePort } from './lib/examples.js';
 import { cast, quietSyslog, withDeadline } from './lib/limits-faults.js';
@@ -64,6 +65,44 @@ t.test('sd_notify with two workers: one READY=1, STATUS= with the total, one REL
   t.equal(await withDeadline(tlsd.exited, 10_000, 'tlsd exits'), 0);
   notify.poll();
   t.equal(notify.received.filter(has('STOPPING')).length, 1, 'one STOPPING=1');
+});
+
+t.test('WATCHDOG=1 only while every worker is alive: none from a worker\'s death until its replacement started', async (t) => {
+  const notify = new NotifySocket(t);
+  // Read as systemd does, at once: pings start with the process, and the kernel queues only a few
+  // datagrams (net.unix.max_dgram_qlen), so a slow start would otherwise crowd out READY=1.
+  const reader = setInterval(() => notify.poll(), 10);
+  t.teardown(() => clearInterval(reader));
+  const tlsd = await startTlsd(t, {
+    identity: server,
+    options: TWO_WORKERS,
+    command: HOLDS,
+    env: { ...quietSyslog, NOTIFY_SOCKET: notify.path, WATCHDOG_USEC: '200000', WATCHDOG_PID: undefined },
+  });
+  const pids = await startedWorkers(tlsd);
+  const ready = await notify.waitFor(has('READY', '1'), 'READY=1');
+  await notify.collect(1_200); // a worker that dies within a second of its start is restarted later
+  const pings = (from: number, to: number): number => notify.received.filter((n) => has('WATCHDOG', '1')(n) && n.at > from && n.at < to).length;
+  t.ok(pings(ready.at, Date.now()) >= 5, 'WATCHDOG=1 about every 100 ms while both workers run');
+
+  const pid = pids.get(2)!;
+  process.kill(pid, 'SIGKILL');
+  const seen = tlsd.stderr().length;
+  await tlsd.waitFor(logLine(`Worker 2 \\(pid ${pid}\\) killed by signal SIGKILL: 0 session\\(s\\) lost; starting it again`));
+  const dead = Date.now();
+  let started = 0;
+  while (started === 0 && Date.now() - dead < 10_000) {
+    notify.poll();
+    if (/Started worker 2, pid \d+$/m.test(tlsd.stderr().slice(seen))) started = Date.now();
+    await sleep(5);
+  }
+  t.ok(started > 0, 'worker 2 is started again');
+  await notify.collect(1_000);
+  // A ping on its way as the worker died, or one sent as the new worker said it was ready, may be
+  // read a polling interval late or early: 50 ms of margin at each end.
+  t.comment(`${started - dead} ms from the death logged to the replacement started`);
+  t.equal(pings(dead + 50, started - 50), 0, `no WATCHDOG=1 while worker 2 was down (${started - dead} ms)`);
+  t.ok(pings(started, Date.now()) >= 4, 'and again about every 100 ms once it runs');
 });
 
 t.test('socket activation: the passed socket is served through both workers', { skip: hasCommand('systemd-socket-activate') ? false : 'systemd-socket-activate is not installed (Debian package systemd)' }, async (t) => {
