@@ -81,6 +81,7 @@ t.test('WATCHDOG=1 only while every worker is alive: none from a worker\'s death
   });
   const pids = await startedWorkers(tlsd);
   const ready = await notify.waitFor(has('READY', '1'), 'READY=1');
+  t.equal(ready.index, 0, 'no WATCHDOG=1 before READY=1: not while the workers start');
   await notify.collect(1_200); // a worker that dies within a second of its start is restarted later
   const pings = (from: number, to: number): number => notify.received.filter((n) => has('WATCHDOG', '1')(n) && n.at > from && n.at < to).length;
   t.ok(pings(ready.at, Date.now()) >= 5, 'WATCHDOG=1 about every 100 ms while both workers run');
