@@ -43,6 +43,10 @@ export class Primary implements Service {
   /** Connections admitted while no worker was up, until one is. */
   private readonly waiting = new Map<Socket, { remote: string; proxied?: ProxiedEndpoints; timer: NodeJS.Timeout }>();
   private nextId = 1;
+  /** Handed-off connections in their handshake whose peer slot was not given with them. */
+  private unreservedHandshakes = 0;
+  /** And those whose slot was. */
+  private reservedHandshakes = 0;
   private nextRequest = 1;
   private lastPick = 0;
   private stopping = false;
@@ -58,7 +62,8 @@ export class Primary implements Service {
     this.slots = new PeerSlots(options.maxPeers);
     this.listener = new Listener({
       ...listenerSettings(options, identity),
-      refuse: () => this.refusal(),
+      // Slots given with handshakes still under way are no peers yet: they turn nobody away here.
+      refuse: () => this.refusal(this.reservedHandshakes),
       onSecure: () => {}, // handshakes are the workers'
       handOff: (socket, remote, proxied) => this.handOff(socket, remote, proxied),
     });
@@ -164,9 +169,9 @@ export class Primary implements Service {
     });
   }
 
-  private refusal(): string | undefined {
+  private refusal(notCounted = 0): string | undefined {
     if (this.stopping) return 'shutting down';
-    if (this.slots.taken >= this.slots.max) return `peer limit reached (${this.slots.max})`;
+    if (this.slots.taken - notCounted >= this.slots.max) return `peer limit reached (${this.slots.max})`;
     return undefined;
   }
 
@@ -203,9 +208,42 @@ export class Primary implements Service {
     }
     const id = this.nextId++;
     const rest = this.options.trustedProxies ? takeBuffered(socket) : undefined;
-    worker.connections.set(id, { standIn: socket, slot: false, closed: false });
+    const reserved = this.canReserve() && this.slots.tryAcquire();
+    if (reserved) this.reservedHandshakes++;
+    else this.unreservedHandshakes++;
+    worker.connections.set(id, { standIn: socket, slot: reserved, closed: false, handshaking: true, reserved });
     socket.once('close', () => this.standInClosed(worker, id, socket));
-    worker.send({ t: 'connection', id, remote, proxied, rest: rest?.toString('base64') }, socket);
+    worker.send({ t: 'connection', id, remote, proxied, rest: rest?.toString('base64'), granted: reserved, track: this.tracking }, socket);
+  }
+
+  /**
+   * A connection's peer slot may go with it, before its handshake, while there is a free slot for
+   * every handshake under way without one: then no peer that completes its handshake is refused
+   * for a slot another still holds, and the worker need not ask (one IPC round trip less per
+   * connection, each write of which wakes another process). When slots are short, a peer asks
+   * once its handshake is done, as in one process.
+   */
+  private canReserve(): boolean {
+    return !this.stopping && this.slots.max - this.slots.taken > this.unreservedHandshakes;
+  }
+
+  /** With --max-per-ip a connection counts until it closes; otherwise only until its handshake ends. */
+  private get tracking(): boolean {
+    return this.options.maxPerAddress !== undefined;
+  }
+
+  /** Its handshake is over (or never will be): it no longer counts among those without a slot. */
+  private handshakeOver(handed: Handed): void {
+    if (!handed.handshaking) return;
+    handed.handshaking = false;
+    if (handed.reserved) this.reservedHandshakes--;
+    else this.unreservedHandshakes--;
+  }
+
+  /** After its handshake, a connection nothing counts is forgotten here (the worker will not say it closed). */
+  private untrack(handed: Handed): void {
+    if (this.tracking) return;
+    this.closed(handed);
   }
 
   /** A connection that waited for a worker in vain: turned away. */
@@ -241,13 +279,29 @@ export class Primary implements Service {
       case 'secure':
         return this.secure(worker, message.id);
       case 'failed': {
-        const standIn = worker.connections.get(message.id)?.standIn;
-        if (standIn) this.listener.handshakeFailed(standIn, message.why);
+        const handed = worker.connections.get(message.id);
+        if (!handed) return;
+        this.handshakeOver(handed);
+        if (handed.standIn) this.listener.handshakeFailed(handed.standIn, message.why);
+        // Never served: a slot given with it comes back here.
+        if (handed.slot) {
+          handed.slot = false;
+          this.slots.release();
+        }
+        this.untrack(handed);
+        if (handed.closed) worker.connections.delete(message.id);
         return;
       }
       case 'closed': {
         const handed = worker.connections.get(message.id);
         if (!handed) return;
+        const beforeItsEnd = handed.handshaking;
+        this.handshakeOver(handed);
+        // Closed before its handshake ended: never served, so a slot given with it comes back here.
+        if (beforeItsEnd && handed.slot) {
+          handed.slot = false;
+          this.slots.release();
+        }
         this.closed(handed);
         if (!handed.slot) worker.connections.delete(message.id);
         return;
@@ -283,22 +337,23 @@ export class Primary implements Service {
   /** A handshake done in a worker: the peer gets a slot here (and is served there), or is turned away. */
   private secure(worker: WorkerProcess, id: number): void {
     const handed = worker.connections.get(id);
-    const standIn = handed?.standIn;
-    if (!handed || !standIn) return; // dropped meanwhile: the worker was told
+    if (!handed) return;
+    this.handshakeOver(handed);
+    const standIn = handed.standIn;
+    if (!standIn) return; // dropped meanwhile: the worker was told
     const secured = this.listener.handshakeDone(standIn);
     if (!secured) return; // evicted or past its deadline: closed, and the worker told
-    const refusal = this.refusal();
-    if (refusal !== undefined || !this.slots.tryAcquire()) {
-      this.listener.turnAway(standIn, secured.remote, refusal ?? 'peer limit reached');
-      return;
+    // A slot given with it: the worker is serving it already.
+    if (!handed.reserved) {
+      const refusal = this.refusal();
+      if (refusal !== undefined || !this.slots.tryAcquire()) {
+        this.listener.turnAway(standIn, secured.remote, refusal ?? 'peer limit reached');
+        return;
+      }
+      handed.slot = true;
+      worker.send({ t: 'serve', id });
     }
-    handed.slot = true;
-    worker.send({ t: 'serve', id });
-    // Without --max-per-ip nothing counts this connection any more: its stand-in can go.
-    if (this.options.maxPerAddress === undefined) {
-      handed.standIn = undefined;
-      standIn.destroy();
-    }
+    this.untrack(handed);
   }
 
   /** A worker died: what it held is freed, and a new worker takes its place. */
@@ -306,6 +361,7 @@ export class Primary implements Service {
     for (const waiter of this.waiters) waiter(worker, undefined);
     const sessions = worker.peers;
     for (const handed of worker.connections.values()) {
+      this.handshakeOver(handed);
       this.closed(handed);
       if (handed.slot) this.slots.release();
     }
@@ -345,7 +401,7 @@ export class Primary implements Service {
           return;
         }
         const id = this.nextId++;
-        worker.connections.set(id, { slot: true, closed: true });
+        worker.connections.set(id, { slot: true, closed: true, handshaking: false, reserved: false });
         worker.send({ t: 'dial', id, target });
       },
     });

@@ -15,8 +15,12 @@ export interface Handed {
   standIn?: Socket;
   /** Holds a peer slot. */
   slot: boolean;
-  /** The worker said it is closed (a dial line: nothing to close here). */
+  /** Nothing more will be heard of its closing: the worker said so, or will not say (a dial line, a connection nothing counts once its handshake is over). */
   closed: boolean;
+  /** Its handshake is under way in the worker. */
+  handshaking: boolean;
+  /** Its peer slot was given with it, before its handshake (Primary.canReserve). */
+  reserved: boolean;
 }
 
 export interface WorkerEvents {
