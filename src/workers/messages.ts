@@ -41,11 +41,10 @@ export type ToWorker =
   | { t: 'config'; config: WorkerConfig }
   /**
    * A connection admitted by the primary, its descriptor with the message; `rest`: bytes read after
-   * a PROXY header (base64). `granted`: its peer slot comes with it, so its session starts as soon
-   * as its handshake is done. `track`: the primary counts it until it closes (--max-per-ip), so its
+   * a PROXY header (base64). `track`: the primary counts it until it closes (--max-per-ip), so its
    * close is to be told even after the handshake.
    */
-  | { t: 'connection'; id: number; remote: string; proxied?: ProxiedEndpoints; rest?: string; granted: boolean; track: boolean }
+  | { t: 'connection'; id: number; remote: string; proxied?: ProxiedEndpoints; rest?: string; track: boolean }
   /** The handshake is done and the peer has a slot: check it and start its session. */
   | { t: 'serve'; id: number }
   /** Close it: evicted, past its deadline, or refused by a limit (the primary logged why). */
@@ -62,7 +61,7 @@ export type ToWorker =
 export type FromWorker =
   /** Serving: credentials loaded, the spawn helper up. */
   | { t: 'ready' }
-  /** The connection's handshake is done: unless its slot was granted, it asks for one (answered `serve` or `drop`). */
+  /** The connection's handshake is done: it asks for a peer slot (answered `serve` or `drop`). */
   | { t: 'secure'; id: number }
   | { t: 'failed'; id: number; why: string }
   /** The connection is closed (told only before its handshake ended, when tracked, or when dropped). */

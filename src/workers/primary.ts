@@ -43,10 +43,6 @@ export class Primary implements Service {
   /** Connections admitted while no worker was up, until one is. */
   private readonly waiting = new Map<Socket, { remote: string; proxied?: ProxiedEndpoints; timer: NodeJS.Timeout }>();
   private nextId = 1;
-  /** Handed-off connections in their handshake whose peer slot was not given with them. */
-  private unreservedHandshakes = 0;
-  /** And those whose slot was. */
-  private reservedHandshakes = 0;
   private nextRequest = 1;
   private lastPick = 0;
   private stopping = false;
@@ -62,8 +58,7 @@ export class Primary implements Service {
     this.slots = new PeerSlots(options.maxPeers);
     this.listener = new Listener({
       ...listenerSettings(options, identity),
-      // Slots given with handshakes still under way are no peers yet: they turn nobody away here.
-      refuse: () => this.refusal(this.reservedHandshakes),
+      refuse: () => this.refusal(),
       onSecure: () => {}, // handshakes are the workers'
       handOff: (socket, remote, proxied) => this.handOff(socket, remote, proxied),
     });
@@ -163,15 +158,15 @@ export class Primary implements Service {
       environment,
       log: this.settings.log,
     };
-    return new WorkerProcess(this.settings.program, config, {
+    return new WorkerProcess(this.settings.program, config, this.identity, {
       message: (worker, message) => this.received(worker, message),
       gone: (worker, code, signal) => this.gone(worker, code, signal),
     });
   }
 
-  private refusal(notCounted = 0): string | undefined {
+  private refusal(): string | undefined {
     if (this.stopping) return 'shutting down';
-    if (this.slots.taken - notCounted >= this.slots.max) return `peer limit reached (${this.slots.max})`;
+    if (this.slots.taken >= this.slots.max) return `peer limit reached (${this.slots.max})`;
     return undefined;
   }
 
@@ -208,36 +203,16 @@ export class Primary implements Service {
     }
     const id = this.nextId++;
     const rest = this.options.trustedProxies ? takeBuffered(socket) : undefined;
-    const reserved = this.canReserve() && this.slots.tryAcquire();
-    if (reserved) this.reservedHandshakes++;
-    else this.unreservedHandshakes++;
-    worker.connections.set(id, { standIn: socket, slot: reserved, closed: false, handshaking: true, reserved });
+    // A peer slot is asked for once the handshake is done, as in one process: a slot given with the
+    // connection would let anyone hold every slot with silent TCP connections (tried, and undone).
+    worker.connections.set(id, { standIn: socket, slot: false, closed: false });
     socket.once('close', () => this.standInClosed(worker, id, socket));
-    worker.send({ t: 'connection', id, remote, proxied, rest: rest?.toString('base64'), granted: reserved, track: this.tracking }, socket);
-  }
-
-  /**
-   * A connection's peer slot may go with it, before its handshake, while there is a free slot for
-   * every handshake under way without one: then no peer that completes its handshake is refused
-   * for a slot another still holds, and the worker need not ask (one IPC round trip less per
-   * connection, each write of which wakes another process). When slots are short, a peer asks
-   * once its handshake is done, as in one process.
-   */
-  private canReserve(): boolean {
-    return !this.stopping && this.slots.max - this.slots.taken > this.unreservedHandshakes;
+    worker.send({ t: 'connection', id, remote, proxied, rest: rest?.toString('base64'), track: this.tracking }, socket);
   }
 
   /** With --max-per-ip a connection counts until it closes; otherwise only until its handshake ends. */
   private get tracking(): boolean {
     return this.options.maxPerAddress !== undefined;
-  }
-
-  /** Its handshake is over (or never will be): it no longer counts among those without a slot. */
-  private handshakeOver(handed: Handed): void {
-    if (!handed.handshaking) return;
-    handed.handshaking = false;
-    if (handed.reserved) this.reservedHandshakes--;
-    else this.unreservedHandshakes--;
   }
 
   /** After its handshake, a connection nothing counts is forgotten here (the worker will not say it closed). */
@@ -272,22 +247,20 @@ export class Primary implements Service {
   }
 
   private received(worker: WorkerProcess, message: FromWorker): void {
+    // What a dead worker said last arrives after its exit: gone() has settled its accounts already.
+    if (!worker.running) return;
     for (const waiter of this.waiters) waiter(worker, message);
     switch (message.t) {
       case 'ready':
+        // Forked before a reload it was not up for: it takes what the reload loaded.
+        if (worker.identity !== this.identity) worker.send({ t: 'reload', credentials: credentialsOf(this.identity) });
         return this.handWaiting();
       case 'secure':
         return this.secure(worker, message.id);
       case 'failed': {
         const handed = worker.connections.get(message.id);
         if (!handed) return;
-        this.handshakeOver(handed);
         if (handed.standIn) this.listener.handshakeFailed(handed.standIn, message.why);
-        // Never served: a slot given with it comes back here.
-        if (handed.slot) {
-          handed.slot = false;
-          this.slots.release();
-        }
         this.untrack(handed);
         if (handed.closed) worker.connections.delete(message.id);
         return;
@@ -295,13 +268,6 @@ export class Primary implements Service {
       case 'closed': {
         const handed = worker.connections.get(message.id);
         if (!handed) return;
-        const beforeItsEnd = handed.handshaking;
-        this.handshakeOver(handed);
-        // Closed before its handshake ended: never served, so a slot given with it comes back here.
-        if (beforeItsEnd && handed.slot) {
-          handed.slot = false;
-          this.slots.release();
-        }
         this.closed(handed);
         if (!handed.slot) worker.connections.delete(message.id);
         return;
@@ -338,21 +304,17 @@ export class Primary implements Service {
   private secure(worker: WorkerProcess, id: number): void {
     const handed = worker.connections.get(id);
     if (!handed) return;
-    this.handshakeOver(handed);
     const standIn = handed.standIn;
     if (!standIn) return; // dropped meanwhile: the worker was told
     const secured = this.listener.handshakeDone(standIn);
     if (!secured) return; // evicted or past its deadline: closed, and the worker told
-    // A slot given with it: the worker is serving it already.
-    if (!handed.reserved) {
-      const refusal = this.refusal();
-      if (refusal !== undefined || !this.slots.tryAcquire()) {
-        this.listener.turnAway(standIn, secured.remote, refusal ?? 'peer limit reached');
-        return;
-      }
-      handed.slot = true;
-      worker.send({ t: 'serve', id });
+    const refusal = this.refusal();
+    if (refusal !== undefined || !this.slots.tryAcquire()) {
+      this.listener.turnAway(standIn, secured.remote, refusal ?? 'peer limit reached');
+      return;
     }
+    handed.slot = true;
+    worker.send({ t: 'serve', id });
     this.untrack(handed);
   }
 
@@ -361,7 +323,6 @@ export class Primary implements Service {
     for (const waiter of this.waiters) waiter(worker, undefined);
     const sessions = worker.peers;
     for (const handed of worker.connections.values()) {
-      this.handshakeOver(handed);
       this.closed(handed);
       if (handed.slot) this.slots.release();
     }
@@ -383,7 +344,10 @@ export class Primary implements Service {
     this.workers[old.index - 1] = worker;
     worker.whenReady().then(
       () => this.options.log.info(`Started worker ${worker.index}, pid ${worker.pid}`),
-      (error: unknown) => this.options.log.error(reason(error)),
+      (error: unknown) => {
+        this.options.log.error(reason(error));
+        worker.kill(); // its exit starts another
+      },
     );
   }
 
@@ -401,7 +365,7 @@ export class Primary implements Service {
           return;
         }
         const id = this.nextId++;
-        worker.connections.set(id, { slot: true, closed: true, handshaking: false, reserved: false });
+        worker.connections.set(id, { slot: true, closed: true });
         worker.send({ t: 'dial', id, target });
       },
     });

@@ -1,5 +1,6 @@
 import { fork, type ChildProcess } from 'node:child_process';
 import type { Socket } from 'node:net';
+import type { Identity } from '../core/identity.js';
 import type { FromWorker, ToWorker, WorkerConfig } from './messages.js';
 import { WORKER_MARK } from './worker.js';
 
@@ -17,10 +18,6 @@ export interface Handed {
   slot: boolean;
   /** Nothing more will be heard of its closing: the worker said so, or will not say (a dial line, a connection nothing counts once its handshake is over). */
   closed: boolean;
-  /** Its handshake is under way in the worker. */
-  handshaking: boolean;
-  /** Its peer slot was given with it, before its handshake (Primary.canReserve). */
-  reserved: boolean;
 }
 
 export interface WorkerEvents {
@@ -46,11 +43,18 @@ export class WorkerProcess {
    * has dropped its privileges already), its environment with the worker mark, stdin and stdout
    * not shared, stderr tlsd's, and the IPC channel, a socket pair only the two of them hold.
    */
-  constructor(program: string, config: WorkerConfig, events: WorkerEvents) {
+  constructor(
+    program: string,
+    config: WorkerConfig,
+    /** The identity it was given (config.credentials), so that a reload it missed can be made up. */
+    readonly identity: Identity,
+    events: WorkerEvents,
+  ) {
     this.index = config.index;
     this.child = fork(program, [], { env: { ...config.environment, [WORKER_MARK]: '1' }, stdio: ['ignore', 'ignore', 'inherit', 'ipc'], serialization: 'json' });
     this.child.on('error', () => {}); // its exit says what happened
     this.child.on('message', (batch: FromWorker[]) => {
+      if (!Array.isArray(batch)) return; // not a worker of this tlsd
       for (const message of batch) {
         if (message.t === 'ready') this.readyNow = true;
         events.message(this, message);

@@ -26,8 +26,6 @@ interface Handed {
   secure?: TLSSocket;
   /** The primary closed it and logged why: its failure is not reported again. */
   dropped?: boolean;
-  /** Its peer slot came with it: served as soon as it is secure. */
-  granted: boolean;
   /** The primary counts it until it closes (--max-per-ip). */
   track: boolean;
   /** Its handshake has ended, well or not. */
@@ -97,8 +95,13 @@ class Worker {
       },
     });
     process.on('message', (message: ToWorker, handle: unknown) => this.receive(message, handle));
-    // The primary is gone (killed, or crashed): no new work comes; what is running ends as at shutdown.
-    process.on('disconnect', () => void this.end());
+    // The primary is gone. Mid-drain it leaves only on a second signal, whose `kill` may not have
+    // reached us before it exited: the children are killed. Otherwise (the primary killed, or
+    // crashed) no new work comes, and what is running ends as at shutdown.
+    process.on('disconnect', () => {
+      if (this.ending) this.killAll();
+      else void this.end();
+    });
     this.peers.ready().then(
       () => send({ t: 'ready' }),
       (error: unknown) => {
@@ -141,24 +144,21 @@ class Worker {
         void this.end();
         return;
       case 'kill':
-        this.peers.killAll();
-        this.log.close();
-        process.exit(1);
-        return;
+        return this.killAll();
       case 'config':
         return;
     }
   }
 
   /** A connection from the primary: its handshake starts here, on the bytes the primary did not read. */
-  private take({ id, remote, proxied, rest, granted, track }: Extract<ToWorker, { t: 'connection' }>, handle: unknown): void {
+  private take({ id, remote, proxied, rest, track }: Extract<ToWorker, { t: 'connection' }>, handle: unknown): void {
     const tcp = handle as Socket | undefined;
     // Closed by the primary before Node sent it (evicted while queued): nothing came.
     if (!tcp) {
       send({ t: 'closed', id });
       return;
     }
-    const handed: Handed = { id, tcp, remote, proxied, granted, track };
+    const handed: Handed = { id, tcp, remote, proxied, track };
     this.byId.set(id, handed);
     this.byTcp.set(tcp, handed);
     tcp.on('error', () => {}); // the TLS side reports what matters
@@ -186,7 +186,6 @@ class Worker {
     handed.ended = true;
     handed.secure = socket;
     send({ t: 'secure', id: handed.id });
-    if (handed.granted) this.serve(handed.id);
   }
 
   /** The primary gave the peer a slot: its session starts (or it is refused here, and the slot goes back). */
@@ -199,6 +198,13 @@ class Worker {
     }
     handed.secure = undefined;
     this.peers.serve(socket, 'SERVER', handed.remote, {}, id, handed.proxied);
+  }
+
+  /** A second signal: the children are killed, and the worker exits. */
+  private killAll(): void {
+    this.peers.killAll();
+    this.log.close();
+    process.exit(1);
   }
 
   /** Shutdown, or the primary gone: every session ends as a single tlsd's do, then the worker exits. */

@@ -1,0 +1,65 @@
+import { chmodSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { connect } from 'node:tls';
+import { readFileSync } from 'node:fs';
+import t from 'tap';
+import { exchange } from './lib/client.js';
+import { liveIdentity, makeIdentity, tempDir } from './lib/identity.js';
+import { cast, quietSyslog, rawConnect } from './lib/limits-faults.js';
+import { root, startTlsd } from './lib/tlsd.js';
+
+// Cases a review of --workers found: what a silent connection may hold, and a reload that comes
+// while a worker is being replaced.
+
+const { server, alice } = cast(t);
+
+t.test('silent TCP connections hold no peer slot: a real peer is served (--workers 2 --max-peers 1)', async (t) => {
+  const tlsd = await startTlsd(t, { identity: server, command: ['sh', '-c', 'echo hello'], env: quietSyslog, options: ['--workers', '2', '--max-peers', '1'] });
+  await tlsd.waitFor(/Started worker 2, pid \d+/);
+  const silent = await Promise.all([rawConnect(t, tlsd.port), rawConnect(t, tlsd.port), rawConnect(t, tlsd.port)]);
+  for (let i = 0; i < 3; i++) t.equal(await exchange(tlsd.port, alice, ''), 'hello\n', `peer ${i + 1} is served while 3 connections sit silent in their handshakes`);
+  t.notMatch(tlsd.stderr(), /peer limit reached/, 'nobody was refused for a slot');
+  for (const socket of silent) socket.destroy();
+});
+
+/** The fingerprint of the certificate a new connection is shown. */
+function shown(port: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = connect({ host: '127.0.0.1', port, key: readFileSync(alice.key), cert: readFileSync(alice.cert), rejectUnauthorized: false }, () => {
+      resolve(socket.getPeerCertificate().fingerprint256.replace(/:/g, '').toLowerCase());
+      socket.destroy();
+    });
+    socket.on('error', reject);
+  });
+}
+
+t.test('a reload while a worker is being replaced reaches the new worker too', async (t) => {
+  const dir = tempDir();
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const live = liveIdentity(dir);
+  live.install(server);
+  const next = makeIdentity(dir, 'next');
+  // A spawn helper that takes a second to start: a worker is up only then, which holds the
+  // window between a replacement's fork and its readiness open long enough to reload in.
+  const slowHelper = join(dir, 'slow-helper');
+  writeFileSync(slowHelper, `#!/bin/sh\nsleep 1\nexec '${root}build/Release/tlsd-spawn-helper' "$@"\n`);
+  chmodSync(slowHelper, 0o755);
+  const tlsd = await startTlsd(t, {
+    identity: { key: live.key, cert: live.cert, fingerprint: server.fingerprint },
+    command: ['cat'],
+    env: { ...quietSyslog, TLSD_SPAWNER: slowHelper },
+    options: ['--workers', '2'],
+  });
+  const pid = Number((await tlsd.waitFor(/Started worker 1, pid (\d+)/))[1]);
+  await tlsd.waitFor(/Started worker 2, pid \d+/);
+  process.kill(pid, 'SIGKILL');
+  await tlsd.waitFor(/Worker 1 \(pid \d+\) killed by signal SIGKILL/);
+  // Worker 1's replacement is forked with the old identity and not yet up: the reload comes now.
+  live.install(next);
+  tlsd.proc.kill('SIGHUP');
+  await tlsd.waitFor(new RegExp(`Reloaded key and certificate, SHA256 ${next.fingerprint}`));
+  await tlsd.waitFor(new RegExp(`Started worker 1, pid (?!${pid}\\b)\\d+`), 15_000);
+  const seen = new Set<string>();
+  for (let i = 0; i < 10; i++) seen.add(await shown(tlsd.port));
+  t.same([...seen], [next.fingerprint], 'ten new connections over both workers: every one sees the new certificate');
+});
