@@ -88,9 +88,14 @@ async function rateRun(generator: Generator, target: Target, server: RunningServ
   const note = failures(result);
   const figures: Figures = { rate: { n: result.perSecond, note: note && `${result.failed} failed` }, rateP50: { n: result.p50 }, rateP99: { n: result.p99 }, protocol: { note: result.protocol } };
   if (result.done > 0) {
-    figures.cpuOwn = { n: (after.own - before.own) / result.done };
-    figures.cpuTree = { n: (after.own + after.children - before.own - before.children) / result.done };
-    figures.cpuGenerator = { n: result.generatorCpuMs / result.done };
+    const perConnection = (ms: number): Value => ({ n: ms / result.done });
+    figures.cpuOwn = perConnection(after.own - before.own);
+    figures.cpuSystem = perConnection(after.system - before.system);
+    figures.cpuPrimary = perConnection(after.byRole.primary - before.byRole.primary);
+    if ((server.spec.workers ?? 1) > 1) figures.cpuWorkers = perConnection(after.byRole.worker - before.byRole.worker);
+    if (server.spec.workers !== undefined) figures.cpuHelpers = perConnection(after.byRole.helper - before.byRole.helper);
+    figures.cpuTree = perConnection(after.own + after.children - before.own - before.children);
+    figures.cpuGenerator = perConnection(result.generatorCpuMs);
   }
   return { figures, note };
 }

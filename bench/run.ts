@@ -81,10 +81,10 @@ function report(options: BenchOptions, machine: Machine, specs: ServerSpec[], re
   lines.push('Notes on the columns:');
   for (const spec of specs) if (spec.note) lines.push(`- ${spec.name}: ${spec.note}.`);
   lines.push(
-    "- CPU per connection is the server's own utime+stime from /proc/PID/stat over the rate run (for tlsd: the main process plus its spawn helper), divided by the connections; " +
+    "- CPU per connection is the server's own utime+stime from /proc/PID/stat over the rate run (for tlsd: the main process plus its spawn helper; for tlsd-w2 the primary, its workers and their spawn helpers, found by walking the process tree), divided by the connections; " +
       'children (cat, and the per-connection processes of forking servers) are excluded. The row "with reaped children" adds cutime+cstime, which covers every child the server has waited for.',
   );
-  lines.push('- Idle RSS per peer is (VmRSS one second after the K-th peer connected − VmRSS after the warm-up, its connections and children gone) / K of the server process alone (tlsd: with its spawn helper); the row "counted from before the warm-up" uses the VmRSS of the server before its first connection instead, as this page did until 35cee15. "Whole group PSS" counts every process of the server\'s process group (children included, shared pages split).');
+  lines.push('- Idle RSS per peer is (VmRSS one second after the K-th peer connected − VmRSS after the warm-up, its connections and children gone) / K of the server process alone (tlsd: with its spawn helper; tlsd-w2: summed over the primary, its workers and their helpers); the row "counted from before the warm-up" uses the VmRSS of the server before its first connection instead, as this page did until 35cee15. "Whole group PSS" counts every process of the server\'s process group (children included, shared pages split).');
   lines.push(
     `- Steady state, and just after start: each server is started fresh for each round and phase and serves ${WARM_UP_CONNECTIONS} connections (8 in flight) before anything is counted, ` +
       'but the download server, whose child sends the whole file to whoever connects. ' +
@@ -154,9 +154,12 @@ async function main(): Promise<void> {
   log(`bench: ${specs.map((spec) => spec.name).join(', ')}; ${options.rounds} round(s); ulimit -n ${fileLimit()}; files in ${files.dir}`);
   const softFiles = Number(/^Max open files\s+(\d+)/m.exec(readFileSync('/proc/self/limits', 'utf8'))?.[1]);
   const topIdle = options.loads.has('idle') ? Math.max(...options.idleLevels) : 0;
-  // tlsd holds three descriptors per peer (the TLS socket, the child's stdin and stdout); stunnel two.
-  if (topIdle > 0 && softFiles < 3 * topIdle + 200)
-    log(`bench: ulimit -n is ${softFiles}: tlsd can hold about ${Math.floor((softFiles - 200) / 3)} peers, fewer than the idle level ${topIdle} (--idle sets the levels)`);
+  // tlsd holds three descriptors per peer (the TLS socket, the child's stdin and stdout), each
+  // worker its own peers' (the limit is per process); stunnel two.
+  for (const spec of specs.filter((spec) => spec.workers !== undefined)) {
+    const fits = Math.floor((softFiles - 200) / 3) * spec.workers!;
+    if (topIdle > fits) log(`bench: ulimit -n is ${softFiles}: ${spec.name} can hold about ${fits} peers, fewer than the idle level ${topIdle} (--idle sets the levels)`);
+  }
 
   const stop = (): void => {
     log('bench: interrupted, stopping servers');
