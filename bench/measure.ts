@@ -228,29 +228,32 @@ export async function measureServer(spec: ServerSpec, options: BenchOptions, fil
 }
 
 /**
- * tlsd under the rate load with `node --cpu-prof`, just after start (a profile covers the whole process
- * life, so a steady one would be mostly warm-up); returns
- * the connections made and tlsd's own CPU time over them (from /proc), to turn the profile's shares
- * into time per connection.
+ * A tlsd server under the rate load with `node --cpu-prof`, just after start (a profile covers the
+ * whole process life, so a steady one would be mostly warm-up); returns the connections made, the
+ * main process's pid (its profile's name carries it; with --workers each worker writes one too) and
+ * that process's own CPU time over them (from /proc), to turn the profile's shares into time per
+ * connection.
  */
-export async function profileTlsd(spec: ServerSpec, options: BenchOptions, files: Files, repo: string, profileDir: string): Promise<{ done: number; cpuOwnMs: number }> {
+export async function profileTlsd(spec: ServerSpec, options: BenchOptions, files: Files, repo: string, profileDir: string): Promise<{ done: number; primaryMs: number; pid: number }> {
   let done = 0;
-  let cpuOwnMs = NaN;
+  let primaryMs = NaN;
+  let pid = 0;
   await withServer(
     spec,
     'echo',
     files,
     repo,
     async (server, generator) => {
+      pid = server.pid;
       const target = { port: server.port, tls: spec.tls };
       await rateLoad(generator, target, warmUpCount(options), 8);
       const before = daemonCpuTimes(server.pid);
       const result = await rateLoad(generator, target, options.connections, options.inFlight);
       await sleep(500);
-      cpuOwnMs = daemonCpuTimes(server.pid).own - before.own;
+      primaryMs = daemonCpuTimes(server.pid).byRole.primary - before.byRole.primary;
       done = result.done;
     },
     profileDir,
   );
-  return { done, cpuOwnMs };
+  return { done, primaryMs, pid };
 }

@@ -5,7 +5,7 @@
  * each figure beside its ratio to tlsd.
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -58,7 +58,7 @@ function stunnelConf(files: Files): string {
     .trim();
 }
 
-function report(options: BenchOptions, machine: Machine, specs: ServerSpec[], results: Results, startup: StartupResult[], files: Files, argv: string[], elapsedS: number, profile?: string): string {
+function report(options: BenchOptions, machine: Machine, specs: ServerSpec[], results: Results, startup: StartupResult[], files: Files, argv: string[], elapsedS: number, profiles: { name: string; text: string }[]): string {
   const lines: string[] = [];
   lines.push(`Run ${machine.date}: \`npm run bench${argv.length ? ` -- ${argv.join(' ')}` : ''}\` (${elapsedS.toFixed(0)} s).`);
   lines.push('');
@@ -102,11 +102,12 @@ function report(options: BenchOptions, machine: Machine, specs: ServerSpec[], re
     lines.push(startupTable(startup));
     lines.push('');
   }
-  if (profile) {
-    lines.push('Where tlsd\'s CPU time goes under the rate load (`--profile`: `node --cpu-prof`, a separate run after the table\'s rounds):');
+  for (const { name, text } of profiles) {
+    const whose = name === 'tlsd' ? "tlsd's" : `${name}'s primary's`;
+    lines.push(`Where ${whose} CPU time goes under the rate load (\`--profile\`: \`node --cpu-prof\`, a separate run after the table's rounds):`);
     lines.push('');
     lines.push('```');
-    lines.push(profile);
+    lines.push(text);
     lines.push('```');
     lines.push('');
   }
@@ -207,26 +208,30 @@ async function main(): Promise<void> {
     }
 
 
-    let profile: string | undefined;
-    if (options.profile) {
-      const tlsd = allServers.find((spec) => spec.name === 'tlsd')!;
-      const profileDir = mkdtempSync(join(os.tmpdir(), 'tlsd-profile-'));
-      const { done, cpuOwnMs } = await profileTlsd(tlsd, options, files, repo, profileDir);
-      const profiles = readdirSync(profileDir)
-        .filter((name) => name.endsWith('.cpuprofile'))
-        .map((name) => join(profileDir, name))
-        .sort((a, b) => statSync(b).mtimeMs - statSync(a).mtimeMs);
-      if (profiles.length === 0) log('bench: tlsd wrote no CPU profile');
-      else {
-        log(`bench: tlsd CPU profile under the rate load (${done} connections, ${options.inFlight} in flight): ${profiles[0]}`);
-        const summary = summarize(JSON.parse(readFileSync(profiles[0]!, 'utf8')));
-        profile =
-          `${done} connections, ${options.inFlight} in flight; just after start (the profile covers tlsd's whole life: start-up, the warm-up, the run, shut-down), so its figures compare with the just-after-start rows.\n` +
-          formatSummary(summary, done, done > 0 ? cpuOwnMs / done : undefined, 15);
+    // One profile per tlsd server in the run, of its main process (with --workers, the primary:
+    // the part of the daemon that does not spread over cores).
+    const profiles: { name: string; text: string }[] = [];
+    if (options.profile)
+      for (const spec of specs.filter((spec) => spec.workers !== undefined)) {
+        const profileDir = mkdtempSync(join(os.tmpdir(), 'tlsd-profile-'));
+        const { done, primaryMs, pid } = await profileTlsd(spec, options, files, repo, profileDir);
+        // node names each profile CPU.<date>.<time>.<pid>.<thread>.<n>.cpuprofile; a worker writes its own.
+        const file = readdirSync(profileDir).find((name) => name.endsWith('.cpuprofile') && name.split('.')[3] === String(pid));
+        if (!file) {
+          log(`bench: ${spec.name} wrote no CPU profile`);
+          continue;
+        }
+        log(`bench: ${spec.name} CPU profile under the rate load (${done} connections, ${options.inFlight} in flight): ${join(profileDir, file)}`);
+        const summary = summarize(JSON.parse(readFileSync(join(profileDir, file), 'utf8')));
+        profiles.push({
+          name: spec.name,
+          text:
+            `${done} connections, ${options.inFlight} in flight; just after start (the profile covers the process's whole life: start-up, the warm-up, the run, shut-down), so its figures compare with the just-after-start rows.\n` +
+            formatSummary(summary, done, done > 0 ? primaryMs / done : undefined, 15),
+        });
       }
-    }
 
-    const text = report(options, machine, specs, results, startup, files, argv, (Date.now() - started) / 1000, profile);
+    const text = report(options, machine, specs, results, startup, files, argv, (Date.now() - started) / 1000, profiles);
     console.log(`\n${text}\n`);
     if (options.write) {
       writeInto(resolve(process.env.INIT_CWD ?? process.cwd(), options.write), text);
