@@ -2,11 +2,14 @@
 // stdin, reports and descriptors over Node's IPC channel. A request tlsd never sends ends it.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { readdirSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
+import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import { builtSpawnHelper } from '../src/package-files.js';
-import { SPAWN_HELPER_ARGUMENTS } from '../src/launch/spawn-helper.js';
+import { SPAWN_HELPER_ARGUMENTS, spawnHelperArguments } from '../src/launch/spawn-helper.js';
+import { tempDir } from './lib/identity.js';
+import { withDeadline } from './lib/limits-faults.js';
 
 type Report = Record<string, number>;
 
@@ -21,7 +24,7 @@ interface Helper {
   heard(id: number, text: string): Promise<void>;
   /** tlsd's end of the child's stdin. */
   input(id: number): Socket | undefined;
-  /** Resolves with the helper's exit code and what it wrote to stderr. */
+  /** Resolves with the helper's exit code and what it wrote to stderr (once its children closed it too). */
   exit(): Promise<{ code: number | null; stderr: string }>;
 }
 
@@ -38,7 +41,9 @@ function startHelper(t: Test, args: readonly string[] = SPAWN_HELPER_ARGUMENTS, 
   });
   let stderr = '';
   proc.stderr!.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
-  const exited = new Promise<{ code: number | null; stderr: string }>((resolve) => proc.once('close', (code) => resolve({ code, stderr })));
+  // Not 'close': that waits for the channel as well, which never counts as closed once this side
+  // has called disconnect().
+  const exited = Promise.all([once(proc, 'exit') as Promise<[number | null]>, once(proc.stderr!, 'end')]).then(([[code]]) => ({ code, stderr }));
   const reports: Report[] = [];
   const outputs = new Map<number, Socket>();
   const inputs = new Map<number, Socket>();
@@ -188,6 +193,66 @@ t.test('started without the IPC channel, or with other arguments: a usage line a
   const result = await old.exit();
   t.equal(result.code, 2, 'the argument of the old protocol (a socket name) is refused');
   t.match(result.stderr, /^usage: tlsd-spawn-helper --protocol 2/);
+});
+
+/**
+ * A child that appends `hup` to `file` for each SIGHUP it gets and `end` when it ends: after
+ * `rounds` tenths of a second, or half a second after a SIGHUP (time for a second one to show).
+ */
+function hupCounter(file: string, rounds: number): string[] {
+  return ['sh', '-c', 'trap \'echo hup >> "$1"; n=5\' HUP; n=$2; echo ready; while [ "$n" -gt 0 ]; do sleep 0.1; n=$((n - 1)); done; echo end >> "$1"', 'sh', file, String(rounds)];
+}
+
+/**
+ * tlsd disappears (`leave` closes its end of stdin or of the channel) while the helper has two
+ * children running and one it has reaped; returns what each running child's file holds then.
+ */
+async function orphan(t: Test, endSignal: NodeJS.Signals | undefined, rounds: number, leave: (helper: Helper) => void): Promise<string[]> {
+  const dir = tempDir();
+  const helper = startHelper(t, spawnHelperArguments(endSignal));
+  t.same(await helper.next(), { ready: 2, handle: 1 }, 'ready');
+  helper.send(request(1, ['true'], []));
+  await expectStarted(t, helper, 1);
+  t.same(await helper.next(), { exited: 1, status: 0 }, 'a child that exited and was reaped');
+  const outputs: Promise<string>[] = [];
+  for (const id of [2, 3]) {
+    helper.send(request(id, hupCounter(join(dir, `child-${id}`), rounds), []));
+    await expectStarted(t, helper, id);
+    outputs.push(helper.output(id));
+    await helper.heard(id, 'ready\n');
+  }
+  leave(helper);
+  const { code, stderr } = await withDeadline(helper.exit(), 10_000, 'the helper leaving');
+  t.equal(code, 0, 'the helper leaves with status 0');
+  t.equal(stderr, '', 'and says nothing (the reaped child is no error)');
+  t.same(await Promise.all(outputs), ['ready\n', 'ready\n'], 'both children ended');
+  return [2, 3].map((id) => readFileSync(join(dir, `child-${id}`), 'utf8'));
+}
+
+t.test('--end-signal: when tlsd is gone, each child the helper has not reaped gets that signal once', async (t) => {
+  t.same(spawnHelperArguments('SIGHUP'), ['--protocol', '2', '--end-signal', '1'], 'tlsd passes the number after the protocol');
+  const stdinClosed = await orphan(t, 'SIGHUP', 50, (helper) => helper.proc.stdin!.end());
+  t.same(stdinClosed, ['hup\nend\n', 'hup\nend\n'], 'its stdin ended: both running children got SIGHUP once');
+  const channelClosed = await orphan(t, 'SIGHUP', 50, (helper) => helper.proc.disconnect());
+  t.same(channelClosed, ['hup\nend\n', 'hup\nend\n'], 'its channel closed: both running children got SIGHUP once');
+});
+
+t.test('without --end-signal, children get no signal when tlsd is gone', async (t) => {
+  t.same(spawnHelperArguments(undefined), SPAWN_HELPER_ARGUMENTS);
+  const files = await orphan(t, undefined, 15, (helper) => {
+    helper.proc.stdin!.end();
+    helper.proc.disconnect();
+  });
+  t.same(files, ['end\n', 'end\n'], 'both ran to their end, unsignalled');
+});
+
+t.test('an --end-signal that is not a signal number: one line and status 2', async (t) => {
+  for (const value of ['x', '0', '65', '+1', '']) {
+    const helper = startHelper(t, [...SPAWN_HELPER_ARGUMENTS, '--end-signal', value]);
+    const { code, stderr } = await withDeadline(helper.exit(), 10_000, `--end-signal ${JSON.stringify(value)}`);
+    t.equal(code, 2, `${JSON.stringify(value)}: status 2`);
+    t.equal(stderr, `tlsd spawn helper: --end-signal takes a signal number from 1 to 64, not "${value}"\n`, `${JSON.stringify(value)}: one line says why`);
+  }
 });
 
 t.test('descriptors the helper inherited beyond its own never reach a child', async (t) => {

@@ -1,7 +1,10 @@
 import { InvalidArgumentError } from 'commander';
 import { takeActivatedSockets } from '../service/activation.js';
 import { closeInheritedDescriptors } from '../os/inherited-descriptors.js';
-import { Daemon } from '../core/daemon.js';
+import { availableParallelism } from 'node:os';
+import { Daemon, type DaemonOptions, type Service } from '../core/daemon.js';
+import { Primary } from '../workers/primary.js';
+import { runWorker, WORKER_MARK } from '../workers/worker.js';
 import { chooseIdentity } from '../service/default-identity.js';
 import { Notifier, peerStatus } from '../service/notify.js';
 import { dropPrivileges, resolvePrivileges } from '../service/privileges.js';
@@ -13,6 +16,7 @@ import { parseSignal } from '../os/signal-names.js';
 import { reason } from '../log/reason.js';
 import { fail, startLogging } from './lifecycle.js';
 import type { LogChoices } from './option-spec.js';
+import type { Logger } from '../log/logger.js';
 import { createProgram, integerIn, logOptions } from './program.js';
 
 const program = logOptions(
@@ -40,6 +44,7 @@ const program = logOptions(
   .option('--accept-proxy <addresses>', "read a PROXY protocol header (HAProxy's send-proxy-v2) from these balancer addresses and CIDR ranges, comma-separated; required from them, refused from others", acceptProxyOption)
   .option('--max-handshakes <n>', 'most TLS handshakes in progress at once, shared fairly between addresses', integerIn(1, 1_000_000), 256)
   .option('--handshake-timeout <seconds>', 'seconds a TLS handshake may take', integerIn(1, 3600), 10)
+  .option('--workers <n>', 'worker processes serving connections, or auto: one per CPU; limits, dial lines and signals stay those of one daemon', workersOption, 1)
   .option('--user <user>', 'after binding and reading the key, run as this user (children too)')
   .option('--group <group>', "and this group (default: the user's own)")
   .argument('<command>', 'the program to run for each peer, found on PATH')
@@ -49,6 +54,10 @@ function signalOption(value: string): NodeJS.Signals {
   const signal = parseSignal(value);
   if (!signal) throw new InvalidArgumentError('not a signal name or number.');
   return signal;
+}
+
+function workersOption(value: string): number {
+  return value === 'auto' ? availableParallelism() : integerIn(1, 1024)(value);
 }
 
 function acceptProxyOption(value: string, previous: TrustedProxies | undefined): TrustedProxies {
@@ -81,37 +90,18 @@ interface CliOptions extends LogChoices {
   user?: string;
   group?: string;
   handshakeTimeout: number;
+  workers: number;
 }
 
-program.parse();
-const cli = program.opts<CliOptions>();
-const [command, args] = program.processedArgs as [string, string[]];
-// A bug must still end in one log line and a status systemd can act on, never a stack trace.
-const log = startLogging(cli);
-// The original's first line; what else start-up logs waits until Daemon.start has said where it
-// listens, so that a script reading the first three lines (as the original's own test does) sees
-// the original's three.
-log.announce('debug', 'Initializing');
-log.hold();
-
-// Read before anything can spawn: children must not inherit systemd's variables or sockets,
-// nor any other descriptor tlsd's parent left open.
-const activated = takeActivatedSockets(process.env, process.pid);
-closeInheritedDescriptors(activated ?? []);
-const notifier = new Notifier(process.env, process.pid, log);
-// tlsd's environment, made once systemd's variables are out of it: what start-up reads from here
-// on, and what children inherit. The daemon is given it and reads no other.
-const environment = { ...process.env };
-
 // A function, not top-level await: the bundle is CommonJS (scripts/bundle.mjs), which has none.
-async function start(): Promise<void> {
+async function start(cli: CliOptions, command: string, args: string[], log: Logger, environment: NodeJS.ProcessEnv, activated: number[] | undefined, notifier: Notifier): Promise<void> {
   try {
     const becomes = resolvePrivileges({ user: cli.user, group: cli.group });
     const identity = await chooseIdentity({ keyFile: cli.key, certFile: cli.cert }, environment);
     if (identity.created) log.notice(`Created a new identity: ${identity.keyFile} and ${identity.certFile}`);
     const proxy = chooseProxy(cli.socks, environment);
     if (proxy.ignored) log.warning(`Ignoring ${proxy.ignored}`);
-    const daemon = await Daemon.start({
+    const options: DaemonOptions = {
       keyFile: identity.keyFile,
       certFile: identity.certFile,
       host: cli.bind,
@@ -136,13 +126,46 @@ async function start(): Promise<void> {
       onPeerCount: (count) => notifier.status(peerStatus(count)),
       beforeServing: () => dropPrivileges(becomes),
       log,
-    });
+    };
+    let service: Service;
+    if (cli.workers > 1) {
+      const primary = await Primary.start(options, { count: cli.workers, program: process.argv[1] ?? '', log: { ident: cli.ident, stderr: cli.stderr === true, syslogPath: environment.TLSD_SYSLOG_SOCKET } });
+      notifier.keepAliveWhile(() => primary.healthy);
+      service = primary;
+    } else service = await Daemon.start(options);
     log.release();
-    handleSignals(daemon, notifier, log, (code) => process.exit(code));
+    handleSignals(service, notifier, log, (code) => process.exit(code));
     notifier.ready(peerStatus(0));
   } catch (error) {
     fail(log, reason(error));
   }
 }
 
-void start();
+/** The tlsd a user started: parses, then starts serving (as one process, or the primary of workers). */
+function main(): void {
+  program.parse();
+  const cli = program.opts<CliOptions>();
+  const [command, args] = program.processedArgs as [string, string[]];
+  // A bug must still end in one log line and a status systemd can act on, never a stack trace.
+  const log = startLogging(cli);
+  // The original's first line; what else start-up logs waits until Daemon.start has said where it
+  // listens, so that a script reading the first three lines (as the original's own test does) sees
+  // the original's three.
+  log.announce('debug', 'Initializing');
+  log.hold();
+
+  // Read before anything can spawn: children must not inherit systemd's variables or sockets,
+  // nor any other descriptor tlsd's parent left open.
+  const activated = takeActivatedSockets(process.env, process.pid);
+  closeInheritedDescriptors(activated ?? []);
+  const notifier = new Notifier(process.env, process.pid, log);
+  // tlsd's environment, made once systemd's variables are out of it: what start-up reads from here
+  // on, and what children inherit. The daemon is given it and reads no other.
+  const environment = { ...process.env };
+  void start(cli, command, args, log, environment, activated, notifier);
+}
+
+// A worker is this same program, forked by the primary with WORKER_MARK in its environment (and
+// an IPC channel, without which the mark means nothing).
+if (process.env[WORKER_MARK] === '1' && process.send !== undefined) runWorker();
+else main();

@@ -15,6 +15,8 @@ export interface Identity {
   fingerprint: string;
   /** Set when the key file is readable by anyone: worth a warning each time it is loaded. */
   exposure?: string;
+  /** What it was made from: a worker process is given this, never the key file. */
+  pem: { key: Buffer; cert: Buffer; ca?: Buffer };
 }
 
 export class IdentityError extends Error {}
@@ -74,7 +76,13 @@ export async function loadIdentity({ keyFile, certFile, caFile }: IdentityFiles)
   // OpenSSL compares key and certificate only when they are of one type: an RSA key with an EC
   // certificate makes a context every handshake then fails with.
   if (!leaf.checkPrivateKey(createPrivateKey(key))) throw new IdentityError(mismatch(keyFile, certFile));
-  return { context, options, fingerprint: fingerprint(leaf.raw), exposure: await exposure(keyFile) };
+  return { context, options, fingerprint: fingerprint(leaf.raw), exposure: await exposure(keyFile), pem: { key, cert, ca } };
+}
+
+/** An identity from material loadIdentity has already checked (in the primary, for a worker). */
+export function identityFromPem(key: Buffer, cert: Buffer, ca: Buffer | undefined): Identity {
+  const options = contextOptions(key, cert, ca);
+  return { context: createSecureContext(options), options, fingerprint: fingerprint(new X509Certificate(cert).raw), pem: { key, cert, ca } };
 }
 
 function mismatch(keyFile: string, certFile: string): string {

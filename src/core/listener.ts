@@ -1,6 +1,6 @@
 import { closeSync, openSync } from 'node:fs';
 import { createServer as createNetServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
-import { createServer as createTlsServer, type SecureContextOptions, type Server as TlsServer, type TLSSocket } from 'node:tls';
+import type { SecureContextOptions, TLSSocket } from 'node:tls';
 import { BurstLog } from '../log/burst-log.js';
 import type { Logger } from '../log/logger.js';
 import { reason } from '../log/reason.js';
@@ -11,6 +11,7 @@ import { HandshakeSlots, type Eviction } from './handshake-slots.js';
 import type { ProxiedEndpoints } from '../input/proxy-header.js';
 import { readPreamble, type Preamble } from '../input/proxy-preamble.js';
 import { TCP_TUNING } from './tcp-tuning.js';
+import { TlsTerminator } from './tls-terminator.js';
 import type { TrustedProxies } from './trusted-proxies.js';
 
 export interface ListenerOptions {
@@ -37,6 +38,18 @@ export interface ListenerOptions {
    * lines; `proxied` is the client's connection to the balancer, for a connection from one.
    */
   onSecure(socket: TLSSocket, remote: string, proxied?: ProxiedEndpoints): void;
+  /**
+   * With worker processes: an admitted connection, paused and unread past any PROXY header, goes
+   * here instead of to a TLS handshake in this process. Whoever takes it reports the handshake's
+   * end (handshakeDone, handshakeFailed or abandon) and destroys `socket` once it is closed.
+   */
+  handOff?: (socket: Socket, remote: string, proxied?: ProxiedEndpoints) => void;
+}
+
+/** A handshake that ended well, as the Listener knew its connection. */
+export interface Secured {
+  remote: string;
+  proxied?: ProxiedEndpoints;
 }
 
 /** A connection read before TLS (with --accept-proxy), until its handshake ends. */
@@ -71,7 +84,8 @@ const REFUSALS_IN_FULL = 50;
  */
 export class Listener {
   private readonly tcp: NetServer[];
-  private readonly tls: TlsServer;
+  /** Handshakes run here; none with worker processes (handOff). */
+  private readonly terminator: TlsTerminator | undefined;
   /** Handshakes in progress, by their TCP socket (what accept sees, and what an eviction ends). */
   private readonly slots: HandshakeSlots<Socket>;
   /** One client can cause an eviction per connection it opens: told in full once, then counted. */
@@ -84,45 +98,54 @@ export class Listener {
   private readonly pending = new Map<Socket, Pending>();
 
   constructor(private readonly options: ListenerOptions) {
-    this.tls = createTlsServer({
-      ...options.credentials,
-      requestCert: true,
-      // Identity is the fingerprint: self-signed certificates are the norm, no CA is consulted.
-      rejectUnauthorized: false,
-      handshakeTimeout: options.handshakeTimeoutMs,
-    });
+    this.terminator = options.handOff
+      ? undefined
+      : new TlsTerminator(options.credentials, options.handshakeTimeoutMs, {
+          secure: (tcp, socket) => {
+            const secured = this.handshakeDone(tcp, socket);
+            if (secured) options.onSecure(socket, secured.remote, secured.proxied);
+          },
+          failed: (tcp, socket, error) => this.handshakeFailed(tcp, reason(error), remoteOf(socket)),
+        });
     this.slots = new HandshakeSlots(options.maxHandshakes);
     this.evictions = new BurstLog(
       options.log,
       EVICTION_SUMMARY_MS,
       (count, seconds, last) => `${count} more handshake(s) evicted in the last ${seconds} s to make room for other addresses, the last from ${last}`,
     );
-    // Every handshake ends in exactly one of these two events, which frees its slot (an evicted
-    // one has none left: its connection is closed, and fails with "socket hang up").
-    this.tls.on('secureConnection', (socket: TLSSocket) => {
-      const tcp = tcpSocketOf(socket) ?? socket;
-      const pending = this.pending.get(tcp);
-      this.release(tcp);
-      // Half-open only once secure: a peer that ends its side still gets the child's whole reply,
-      // while an end during the handshake fails it at once rather than at the deadline.
-      socket.allowHalfOpen = true;
-      // The original's line, logged once the handshake is done rather than at accept: a flood of
-      // connections that never finish one costs no more log lines than before. The client's
-      // address, the one a PROXY header named when there was one.
-      const client = pending?.proxied?.source ?? { address: tcp.remoteAddress, port: tcp.remotePort };
-      options.log.info(`Accepted a TCP connection from ${client.address}, port ${client.port}`);
-      const label = pending?.label ?? remoteOf(socket);
-      if (tracing) trace('%s: handshake done, %s %s', label, socket.getProtocol(), socket.getCipher().name);
-      options.onSecure(socket, label, pending?.proxied);
-    });
-    this.tls.on('tlsClientError', (error: Error, socket: TLSSocket) => {
-      const label = this.release(tcpSocketOf(socket) ?? socket);
-      if (tracing) trace('%s: handshake failed: %s', label ?? remoteOf(socket), reason(error));
-      if (label !== undefined) options.log.info(`${label}: TLS handshake has failed: ${reason(error)}`);
-      // Node leaves a failed socket open when this event has a listener: close it, or it leaks.
-      socket.destroy();
-    });
-    this.tcp = (options.activated ?? [undefined]).map(() => createNetServer(TCP_TUNING, (socket) => this.accept(socket)));
+    // Handed off, a connection must reach its worker unread: bytes this process read would be lost.
+    const serverOptions = { ...TCP_TUNING, pauseOnConnect: options.handOff !== undefined };
+    this.tcp = (options.activated ?? [undefined]).map(() => createNetServer(serverOptions, (socket) => this.accept(socket)));
+  }
+
+  /**
+   * A handshake ended well: frees its slot and logs the original's line; what the Listener knew of
+   * the connection, or undefined when it held no slot any more (evicted or past its deadline, and
+   * closed: nothing to serve). Every handshake ends in this, handshakeFailed or abandon.
+   */
+  handshakeDone(tcp: Socket, socket?: TLSSocket): Secured | undefined {
+    const pending = this.pending.get(tcp);
+    const label = this.release(tcp);
+    if (label === undefined) return undefined;
+    // The original's line, logged once the handshake is done rather than at accept: a flood of
+    // connections that never finish one costs no more log lines than before. The client's
+    // address, the one a PROXY header named when there was one.
+    const client = pending?.proxied?.source ?? { address: tcp.remoteAddress, port: tcp.remotePort };
+    this.options.log.info(`Accepted a TCP connection from ${client.address}, port ${client.port}`);
+    if (tracing && socket) trace('%s: handshake done, %s %s', label, socket.getProtocol(), socket.getCipher().name);
+    return { remote: label, proxied: pending?.proxied };
+  }
+
+  /** A handshake failed (`why`, for the log line): frees its slot, unless it had none left. */
+  handshakeFailed(tcp: Socket, why: string, fallbackLabel?: string): void {
+    const label = this.release(tcp);
+    if (tracing) trace('%s: handshake failed: %s', label ?? fallbackLabel ?? 'unknown peer', why);
+    if (label !== undefined) this.options.log.info(`${label}: TLS handshake has failed: ${why}`);
+  }
+
+  /** A handed-off connection closed before its handshake said how it ended: its slot is freed quietly. */
+  abandon(tcp: Socket): void {
+    this.release(tcp);
   }
 
   get pendingHandshakes(): number {
@@ -156,7 +179,7 @@ export class Listener {
 
   /** New credentials for connections accepted from now on. */
   setCredentials(credentials: SecureContextOptions): void {
-    this.tls.setSecureContext(credentials);
+    this.terminator?.setCredentials(credentials);
   }
 
   close(): void {
@@ -210,7 +233,7 @@ export class Listener {
     if (admission.evicted) this.evict(admission.evicted, remote);
     if (!fromBalancer) this.countPerAddress(socket, group);
     if (!trustedProxies) {
-      this.tls.emit('connection', socket);
+      this.handOn(socket, remote);
       return;
     }
     const deadline = setTimeout(() => this.expire(socket), this.options.handshakeTimeoutMs);
@@ -272,7 +295,13 @@ export class Listener {
       this.slots.admit(socket, addressGroup(source.address, 48));
       this.countPerAddress(socket, group);
     }
-    this.tls.emit('connection', socket);
+    this.handOn(socket, pending.label, pending.proxied);
+  }
+
+  /** An admitted connection, read up to its TLS: to the handshake here, or to a worker's. */
+  private handOn(socket: Socket, remote: string, proxied?: ProxiedEndpoints): void {
+    if (this.options.handOff) this.options.handOff(socket, remote, proxied);
+    else this.terminator?.take(socket);
   }
 
   /** The handshake deadline of a connection read before TLS: header and handshake together. */

@@ -11,7 +11,11 @@
  * and nothing else. Another process can reach none of these short of ptrace or /proc/PID/fd, which
  * need tlsd's own user (or root).
  *
- * Arguments: `--protocol 2` (a helper of another protocol refuses to start, and tlsd falls back).
+ * Arguments: `--protocol 2` (a helper of another protocol refuses to start, and tlsd falls back),
+ * then optionally `--end-signal N` (N a signal number, 1 to 64): when tlsd is gone, its end of
+ * stdin or of the channel closed or failing, the helper sends N to every child it has not reaped
+ * before it leaves (tlsd's -s, which tlsd can no longer send). Without it they get only EOF.
+ * Only tlsd (or its going) can set this off: it holds the other ends of stdin and of the channel.
  * Requests on stdin:  `S id argc envc bytes\n` then bytes of NUL-terminated argv and environment
  *                     entries (added to the helper's own environment);
  *                     `K id signo\n` (kill, unless already reaped).
@@ -57,6 +61,12 @@ static const struct sigaction default_disposition = {.sa_handler = SIG_DFL};
 
 /* Node's IPC channel to tlsd. */
 static int channel = -1;
+
+/* The highest signal number on Linux (its _NSIG - 1), for the K request and --end-signal. */
+#define LAST_SIGNAL 64
+
+/* --end-signal: what each child not yet reaped gets when tlsd is gone; 0 for nothing. */
+static int end_signal;
 
 static void die(const char *what) {
   fprintf(stderr, "tlsd spawn helper: %s: %s\n", what, strerror(errno));
@@ -142,6 +152,18 @@ static long map_take(map *m, long key) {
 
 static map id_of_pid, pid_of_id;
 
+/*
+ * tlsd is gone: the helper leaves, and its children, with --end-signal, get that signal. Safe from
+ * pid reuse: a pid in id_of_pid is the helper's own child not yet reaped (reap() takes it out as it
+ * waits for it), so the pid is still that child's, if only a zombie's, and no other process's.
+ */
+static void tlsd_gone(void) {
+  if (end_signal)
+    for (size_t i = 0; i <= id_of_pid.mask; i++)
+      if (id_of_pid.keys[i]) kill((pid_t)id_of_pid.keys[i], end_signal);
+  exit(0);
+}
+
 /* ---- reports, written out once per turn of the loop (and before each descriptor sent) ---- */
 
 static char reports[65536];
@@ -153,7 +175,7 @@ static void flush_reports(void) {
     ssize_t wrote = send(channel, reports + done, pending - done, MSG_NOSIGNAL);
     if (wrote < 0) {
       if (errno == EINTR) continue;
-      exit(0); /* tlsd is gone */
+      tlsd_gone();
     }
     done += (size_t)wrote;
   }
@@ -189,7 +211,7 @@ static int send_descriptor(const char *msg, long id, int fd) {
   ssize_t sent;
   do sent = sendmsg(channel, &message, MSG_NOSIGNAL);
   while (sent < 0 && errno == EINTR);
-  if (sent < 0 && errno == EPIPE) exit(0); /* tlsd is gone */
+  if (sent < 0 && errno == EPIPE) tlsd_gone();
   if (sent < 0) return errno;
   if (sent != length) {
     /* Half a message on the channel: nothing after it could be framed. */
@@ -374,7 +396,7 @@ static size_t handle(const char *data, size_t length) {
   long id = 0, signo = 0, argc = 0, envc = 0, bytes = -1;
   int used = 0;
   if (text[0] == 'K') {
-    if (sscanf(text, "K %ld %ld%n", &id, &signo, &used) != 2 || text[used] || id < 1 || signo < 1 || signo > 64) malformed("a bad K line");
+    if (sscanf(text, "K %ld %ld%n", &id, &signo, &used) != 2 || text[used] || id < 1 || signo < 1 || signo > LAST_SIGNAL) malformed("a bad K line");
     long pid = map_get(&pid_of_id, id);
     if (pid) kill((pid_t)pid, (int)signo);
     return line;
@@ -407,10 +429,10 @@ static void drain_channel(void) {
   for (;;) {
     ssize_t got = recv(channel, sink, sizeof sink, MSG_DONTWAIT);
     if (got > 0) continue;
-    if (got == 0) exit(0); /* tlsd is gone */
+    if (got == 0) tlsd_gone();
     if (errno == EINTR) continue;
     if (errno == EAGAIN || errno == EWOULDBLOCK) return;
-    exit(0);
+    tlsd_gone();
   }
 }
 
@@ -423,11 +445,23 @@ static void announce_ready(void) {
   close_pair(pair);
 }
 
+/* The value of --end-signal: a signal number in digits alone, or the helper does not start. */
+static int parse_end_signal(const char *text) {
+  char *end;
+  long signo = text[0] >= '0' && text[0] <= '9' ? strtol(text, &end, 10) : 0;
+  if (signo < 1 || signo > LAST_SIGNAL || *end) {
+    fprintf(stderr, "tlsd spawn helper: --end-signal takes a signal number from 1 to %d, not \"%s\"\n", LAST_SIGNAL, text);
+    exit(2);
+  }
+  return (int)signo;
+}
+
 int main(int argc, char **argv) {
-  if (argc != 3 || strcmp(argv[1], "--protocol") != 0 || strcmp(argv[2], PROTOCOL) != 0) {
-    fprintf(stderr, "usage: tlsd-spawn-helper --protocol " PROTOCOL " (started by tlsd)\n");
+  if ((argc != 3 && argc != 5) || strcmp(argv[1], "--protocol") != 0 || strcmp(argv[2], PROTOCOL) != 0 || (argc == 5 && strcmp(argv[3], "--end-signal") != 0)) {
+    fprintf(stderr, "usage: tlsd-spawn-helper --protocol " PROTOCOL " [--end-signal N] (started by tlsd)\n");
     return 2;
   }
+  if (argc == 5) end_signal = parse_end_signal(argv[4]);
   take_channel();
 
   sigset_t chld;
@@ -469,7 +503,7 @@ int main(int argc, char **argv) {
       ssize_t got = read(0, in_buffer + in_length, in_size - in_length);
       if (got == 0 || (got < 0 && errno != EINTR && errno != EAGAIN)) {
         flush_reports();
-        return 0;
+        tlsd_gone();
       }
       if (got > 0) in_length += (size_t)got;
       size_t used = 0, took;

@@ -4,7 +4,7 @@ import { constants } from 'node:os';
 import type { Logger } from '../log/logger.js';
 import { reason } from '../log/reason.js';
 import { errnoName } from '../os/errno.js';
-import { describeExit, signalName } from '../os/signal-names.js';
+import { describeExit, signalName, signalNumber } from '../os/signal-names.js';
 import type { ChildEvents, ChildLike, Environment, Launch, LaunchRequest } from './launch.js';
 import { nodeLaunch } from './node-spawn.js';
 import { RemoteChild, type RemoteChildOwner } from './remote-child.js';
@@ -12,6 +12,14 @@ import { builtSpawnHelper } from '../package-files.js';
 
 /** The helper's arguments: the protocol below. A helper built for another one refuses to start. */
 export const SPAWN_HELPER_ARGUMENTS = ['--protocol', '2'] as const;
+/**
+ * The arguments to start the helper with: the protocol first (what the ready report must repeat),
+ * then the signal its children get if tlsd disappears (a worker killed, say) while they run.
+ */
+export function spawnHelperArguments(endSignal: NodeJS.Signals | undefined): string[] {
+  return endSignal ? [...SPAWN_HELPER_ARGUMENTS, '--end-signal', String(signalNumber(endSignal))] : [...SPAWN_HELPER_ARGUMENTS];
+}
+
 /** The helper says it is ready (with a descriptor, to show descriptors pass) within this long. */
 const READY_TIMEOUT_MS = 5_000;
 
@@ -23,6 +31,8 @@ export interface SpawnHelperOptions {
   /** For Node's spawn, once the helper cannot be used: see nodeLaunch. */
   coverFds: readonly number[];
   log: Logger;
+  /** Sent by the helper to each child still running if tlsd is gone (tlsd's -s); none if unset. */
+  endSignal?: NodeJS.Signals;
 }
 
 /** What the helper reports over the IPC channel (src/launch/spawn-helper.c has the protocol). */
@@ -120,7 +130,7 @@ export class SpawnHelper {
   private async start(): Promise<void> {
     // Node's IPC channel is the helper's only way back: 'ipc' makes it a socket pair that passes
     // descriptors. The helper's stdout is not used; its stderr is tlsd's, as its children's.
-    const helper = spawn(this.options.program, SPAWN_HELPER_ARGUMENTS, { stdio: ['pipe', 'ignore', 'inherit', 'ipc'], env: this.options.base, serialization: 'json' });
+    const helper = spawn(this.options.program, spawnHelperArguments(this.options.endSignal), { stdio: ['pipe', 'ignore', 'inherit', 'ipc'], env: this.options.base, serialization: 'json' });
     // Its exit is what counts (helperGone); a failed start is reported by the listener below.
     helper.on('error', () => {});
     helper.stdin?.on('error', () => {});

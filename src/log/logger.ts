@@ -6,6 +6,8 @@ export type Severity = 'error' | 'warning' | 'notice' | 'info' | 'debug';
 const severityCode: Record<Severity, number> = { error: 3, warning: 4, notice: 5, info: 6, debug: 7 };
 const LOG_DAEMON = 3 << 3;
 const SYSLOG_RETRY_MS = 1_000;
+/** Linux's: a write to a pipe of at most this many bytes is never interleaved with another's. */
+const PIPE_BUF = 4096;
 const months = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'];
 
 export interface LoggerOptions {
@@ -15,6 +17,8 @@ export interface LoggerOptions {
   stderr: boolean;
   /** The syslog socket; `/dev/log` unless a test or a container points elsewhere. */
   syslogPath?: string;
+  /** Put before every message: a worker process's lines say which worker (`worker 2: `). */
+  prefix?: string;
 }
 
 /**
@@ -25,6 +29,7 @@ export class Logger {
   private readonly syslog: UnixDatagramSender;
   private readonly ident: string;
   private readonly alwaysStderr: boolean;
+  private readonly prefix: string;
   private syslogRetryAt = 0;
   private pending: string[] = [];
   private exitHook = false;
@@ -34,6 +39,7 @@ export class Logger {
   constructor(options: LoggerOptions) {
     this.ident = options.ident;
     this.alwaysStderr = options.stderr;
+    this.prefix = options.prefix ?? '';
     this.syslog = new UnixDatagramSender(options.syslogPath ?? '/dev/log');
   }
 
@@ -88,7 +94,7 @@ export class Logger {
   private write(severity: Severity, message: string, stderr: boolean): void {
     // One line, and nothing in it that a terminal or a log viewer would act on, whatever a message
     // carries: text from peers is quoted where it is logged, and this holds if a quote is missed.
-    const line = escapeUnprintable(message.replace(/[\r\n]+/g, ' '), unicodeEscape);
+    const line = escapeUnprintable(this.prefix + message.replace(/[\r\n]+/g, ' '), unicodeEscape);
     let delivered = false;
     if (Date.now() >= this.syslogRetryAt) {
       delivered = this.syslog.send(Buffer.from(this.syslogRecord(severity, line))) === undefined;
@@ -122,10 +128,23 @@ export class Logger {
   }
 
   private flush(): void {
-    if (this.pending.length === 0) return;
-    const text = this.pending.join('');
+    const lines = this.pending;
     this.pending = [];
-    process.stderr.write(text);
+    // Worker processes share stderr: a pipe keeps a write whole only up to PIPE_BUF bytes, so
+    // larger batches go in several writes, each of whole lines.
+    let batch = '';
+    let bytes = 0;
+    for (const line of lines) {
+      const size = Buffer.byteLength(line);
+      if (bytes > 0 && bytes + size > PIPE_BUF) {
+        process.stderr.write(batch);
+        batch = '';
+        bytes = 0;
+      }
+      batch += line;
+      bytes += size;
+    }
+    if (batch.length > 0) process.stderr.write(batch);
   }
 
   // The local syslog format glibc's syslog(3) writes to /dev/log.

@@ -10,6 +10,7 @@ export class Notifier {
   private readonly sender: UnixDatagramSender | undefined;
   private watchdog: NodeJS.Timeout | undefined;
   private warned = false;
+  private alive: () => boolean = () => true;
 
   /**
    * Reads NOTIFY_SOCKET and WATCHDOG_USEC/WATCHDOG_PID and removes them from `env`, so children
@@ -34,9 +35,19 @@ export class Notifier {
     if (this.sender && interval > 0) {
       // Twice per period, as sd_watchdog_enabled(3) advises; a stuck event loop stops them.
       // Node timers hold at most 2^31-1 ms (about 24 days); a longer period would fire every 1 ms.
-      this.watchdog = setInterval(() => this.send('WATCHDOG=1'), Math.min(2 ** 31 - 1, Math.max(1, Math.floor(interval / 2))));
+      this.watchdog = setInterval(() => {
+        if (this.alive()) this.send('WATCHDOG=1');
+      }, Math.min(2 ** 31 - 1, Math.max(1, Math.floor(interval / 2))));
       this.watchdog.unref();
     }
+  }
+
+  /**
+   * Keep-alives only while `check` holds (every worker is up): a daemon that has lost a worker and
+   * cannot bring it back is restarted by systemd, as a stuck one is.
+   */
+  keepAliveWhile(check: () => boolean): void {
+    this.alive = check;
   }
 
   ready(status: string): void {

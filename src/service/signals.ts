@@ -1,5 +1,5 @@
 import type { Logger } from '../log/logger.js';
-import type { Daemon } from '../core/daemon.js';
+import type { Service } from '../core/daemon.js';
 import { peerStatus, type Notifier } from './notify.js';
 import { signalNumber } from '../os/signal-names.js';
 
@@ -8,7 +8,7 @@ import { signalNumber } from '../os/signal-names.js';
  * once every child is gone; a second one kills what is left and exits 1. systemd hears of each.
  * The log says what the original's did: `Received signal N` for each, and `Shutting down` last.
  */
-export function handleSignals(daemon: Daemon, notifier: Notifier, log: Logger, exit: (code: number) => void): void {
+export function handleSignals(daemon: Service, notifier: Notifier, log: Logger, exit: (code: number) => void): void {
   const on = (signal: NodeJS.Signals, handler: () => void): void => {
     process.on(signal, () => {
       log.info(`Received signal ${signalNumber(signal)}`);

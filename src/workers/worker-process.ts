@@ -1,0 +1,106 @@
+import { fork, type ChildProcess } from 'node:child_process';
+import type { Socket } from 'node:net';
+import type { FromWorker, ToWorker, WorkerConfig } from './messages.js';
+import { WORKER_MARK } from './worker.js';
+
+/** A worker should say it is ready within this long (its spawn helper allows itself 5 s). */
+const READY_TIMEOUT_MS = 10_000;
+
+/** A connection or dial line as the primary follows it in a worker, until both are done. */
+export interface Handed {
+  /**
+   * The primary's socket object for the connection handed over (its descriptor went to the
+   * worker): what its handshake slot and --max-per-ip count are held by. Destroyed once closed.
+   */
+  standIn?: Socket;
+  /** Holds a peer slot. */
+  slot: boolean;
+  /** The worker said it is closed (a dial line: nothing to close here). */
+  closed: boolean;
+}
+
+export interface WorkerEvents {
+  message(worker: WorkerProcess, message: FromWorker): void;
+  /** It exited or was killed: whatever it held is the primary's to free. */
+  gone(worker: WorkerProcess, code: number | null, signal: NodeJS.Signals | null): void;
+}
+
+/** One worker process, as the primary sees it: what it was given, and how to reach it. */
+export class WorkerProcess {
+  readonly connections = new Map<number, Handed>();
+  /** Peers it serves, as it last said. */
+  peers = 0;
+  readonly startedAt = Date.now();
+  /** 1..n, kept by its replacement. */
+  readonly index: number;
+  private readonly child: ChildProcess;
+  private alive = true;
+  private readyNow = false;
+
+  /**
+   * Forks `program` (the tlsd the user ran) as worker `config.index`: the same user (the primary
+   * has dropped its privileges already), its environment with the worker mark, stdin and stdout
+   * not shared, stderr tlsd's, and the IPC channel, a socket pair only the two of them hold.
+   */
+  constructor(program: string, config: WorkerConfig, events: WorkerEvents) {
+    this.index = config.index;
+    this.child = fork(program, [], { env: { ...config.environment, [WORKER_MARK]: '1' }, stdio: ['ignore', 'ignore', 'inherit', 'ipc'], serialization: 'json' });
+    this.child.on('error', () => {}); // its exit says what happened
+    this.child.on('message', (message: FromWorker) => {
+      if (message.t === 'ready') this.readyNow = true;
+      events.message(this, message);
+    });
+    this.child.once('exit', (code, signal) => {
+      this.alive = false;
+      events.gone(this, code, signal);
+    });
+    this.send({ t: 'config', config });
+  }
+
+  get pid(): number | undefined {
+    return this.child.pid;
+  }
+
+  get running(): boolean {
+    return this.alive;
+  }
+
+  get ready(): boolean {
+    return this.alive && this.readyNow;
+  }
+
+  /** Resolves once it said it is ready; rejects with why not (it died, or took too long). */
+  whenReady(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      if (this.readyNow) return resolve();
+      const timer = setTimeout(() => reject(new Error(`worker ${this.index} did not start within ${READY_TIMEOUT_MS / 1000} s`)), READY_TIMEOUT_MS);
+      const onMessage = (message: FromWorker): void => {
+        if (message.t !== 'ready') return;
+        settle();
+        resolve();
+      };
+      const onExit = (): void => {
+        settle();
+        reject(new Error(`worker ${this.index} ended before it was ready`));
+      };
+      const settle = (): void => {
+        clearTimeout(timer);
+        this.child.off('message', onMessage);
+        this.child.off('exit', onExit);
+      };
+      this.child.on('message', onMessage);
+      this.child.once('exit', onExit);
+    });
+  }
+
+  /** Sends, with a connection's descriptor when given; nothing once it is gone. */
+  send(message: ToWorker, socket?: Socket): void {
+    if (!this.alive || !this.child.connected) return;
+    if (socket) this.child.send(message, socket);
+    else this.child.send(message);
+  }
+
+  kill(): void {
+    this.child.kill('SIGKILL');
+  }
+}
