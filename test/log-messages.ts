@@ -1,5 +1,5 @@
 // Every message tlsd's code can log is in the manual's "Log messages" section (docs/manual.md,
-// 3.6), so that the table scripts are written against cannot drift from the program. The code is
+// 3.7), so that the table scripts are written against cannot drift from the program. The code is
 // read with TypeScript's parser, from src/cli/tlsd.ts through everything it imports; each log call's
 // message is turned into a pattern (its fixed text, anything in place of each `${…}`) that must
 // match a line of the section. A message with no fixed text of its own must be one of the relays
@@ -150,6 +150,7 @@ const relays: Record<string, (sources: Map<string, ts.SourceFile>) => Template[]
     ...argumentsOf(sources, (node) => (ts.isCallExpression(node) && ts.isPropertyAccessExpression(node.expression) && node.expression.name.text === 'report' ? node.arguments[0] : undefined)),
     ...literalsUnder(declaration(sources, 'src/core/daemon.ts', 'refusal')),
     ...literalsUnder(initializer(sources, 'src/core/listener.ts', 'refusal')),
+    ...literalsUnder(declaration(sources, 'src/workers/primary.ts', 'handOff')).filter((template) => template.join('').includes(' ')), // not its message fields
     ...literalsUnder(declaration(sources, 'src/core/listener.ts', 'descriptorShortage')).filter((template) => template.join('').includes(' ')), // not its file names and codes
     ['too many handshakes in progress (', ')'],
   ],
@@ -159,27 +160,42 @@ const relays: Record<string, (sources: Map<string, ts.SourceFile>) => Template[]
   'src/core/listener.ts: `${remote}: ${preamble.gone}`': (sources) => propertyValues(declaration(sources, 'src/input/proxy-preamble.ts', 'readPreamble'), 'gone'),
   // Warnings identity.ts words, where the key file's mode and the files' readability are known.
   'src/core/daemon.ts: identity.exposure': (sources) => literalsUnder(declaration(sources, 'src/core/identity.ts', 'exposure')),
-  'src/core/daemon.ts: this.identity.exposure': (sources) => literalsUnder(declaration(sources, 'src/core/identity.ts', 'exposure')),
   'src/core/daemon.ts: warning': (sources) => literalsUnder(declaration(sources, 'src/core/identity.ts', 'reloadWarnings')),
   // What peer-names.ts notes about a server name or a subject it will not pass on.
-  'src/core/daemon.ts: `${remote}: ${problem}`': (sources) =>
+  'src/core/peer-service.ts: `${remote}: ${problem}`': (sources) =>
     argumentsOf(sources, (node) => (ts.isCallExpression(node) && node.expression.getText() === 'note' ? node.arguments[0] : undefined)),
-  // SIGUSR1's table.
-  'src/core/daemon.ts: line': (sources) => literalsUnder(declaration(sources, 'src/core/daemon.ts', 'statusLines')),
+  // SIGUSR1's table: its first line and a row per peer, in one process or (after `worker N: `) from each worker.
+  'src/core/daemon.ts: line': (sources) => [...statusHeaders(sources), ...statusRows(sources)],
+  'src/workers/primary.ts: statusHeader(rows.length, this.listener.pendingHandshakes)': statusHeaders,
+  'src/workers/primary.ts: row': (sources) => [['worker ', ': '], ...statusRows(sources)],
   // A failed start: the one-line reasons written as whole lines (they start with a capital).
-  'src/cli/tlsd.ts: reason(error)': (sources) =>
-    argumentsOf(sources, (node) => (ts.isNewExpression(node) && /^(Identity)?Error$/.test(node.expression.getText()) && /^`?[A-Z]/.test(node.arguments?.[0]?.getText() ?? '') ? node.arguments![0] : undefined)),
+  'src/cli/tlsd.ts: reason(error)': wholeLineErrors,
+  // A worker that could not be started again: the same whole-line reasons.
+  'src/workers/primary.ts: reason(error)': wholeLineErrors,
   // fail() itself, and exitWhenDone's, which only the helpers use.
   'src/cli/lifecycle.ts: message': () => [],
   'src/cli/lifecycle.ts: describe(error)': () => [],
 };
+
+/** Start-up failures written as whole lines (they start with a capital): the messages of such errors. */
+function wholeLineErrors(sources: Map<string, ts.SourceFile>): Template[] {
+  return argumentsOf(sources, (node) => (ts.isNewExpression(node) && /^(Identity)?Error$/.test(node.expression.getText()) && /^`?[A-Z]/.test(node.arguments?.[0]?.getText() ?? '') ? node.arguments![0] : undefined));
+}
+
+function statusHeaders(sources: Map<string, ts.SourceFile>): Template[] {
+  return literalsUnder(declaration(sources, 'src/core/daemon.ts', 'statusHeader'));
+}
+
+function statusRows(sources: Map<string, ts.SourceFile>): Template[] {
+  return literalsUnder(declaration(sources, 'src/core/peer-service.ts', 'statusRows'));
+}
 
 /**
  * The `${…}` of a log call that stand for text written elsewhere (refusals, notes), by `file:
  * expression`: their text is checked as well.
  */
 const parts: Record<string, (sources: Map<string, ts.SourceFile>) => Template[]> = {
-  'src/core/daemon.ts: verdict.refused': (sources) => propertyValues(declaration(sources, 'src/core/peer-check.ts', 'checkPeer'), 'refused'),
+  'src/core/peer-service.ts: verdict.refused': (sources) => propertyValues(declaration(sources, 'src/core/peer-check.ts', 'checkPeer'), 'refused'),
 };
 
 /** The expressions in a message's `${…}`, all branches. */

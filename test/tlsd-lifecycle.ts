@@ -6,7 +6,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import t from 'tap';
 import { connectTls, exchange, readAll } from './lib/client.js';
 import { freePort } from './lib/examples.js';
-import { makeIdentity, tempDir, type TestIdentity } from './lib/identity.js';
+import { liveIdentity, makeIdentity, tempDir } from './lib/identity.js';
 import { processGone, resettable, serverFingerprint, spawnTlsd, tcpAttempt } from './lib/lifecycle.js';
 import { cast, countMatches, markers, quietSyslog, readUntil, withDeadline } from './lib/limits-faults.js';
 import { NotifySocket } from './lib/notify.js';
@@ -158,14 +158,10 @@ t.test('-s SIGNAL is delivered to the child when its connection ends', async (t)
 
 t.test('SIGHUP reloads key and certificate for new connections', async (t) => {
   const dir = tempDir();
-  const live = { key: join(dir, 'live-key.pem'), cert: join(dir, 'live-cert.pem') };
-  const install = (identity: TestIdentity): void => {
-    copyFileSync(identity.key, live.key);
-    copyFileSync(identity.cert, live.cert);
-  };
-  install(server);
+  const live = liveIdentity(dir);
+  live.install(server);
   const next = makeIdentity(dir, 'next');
-  const tlsd = await startTlsd(t, { identity: { ...live, fingerprint: server.fingerprint }, command: ['cat'], env: quietSyslog });
+  const tlsd = await startTlsd(t, { identity: { key: live.key, cert: live.cert, fingerprint: server.fingerprint }, command: ['cat'], env: quietSyslog });
 
   const open = await connectTls(tlsd.port, alice);
   t.teardown(() => void open.destroy());
@@ -173,7 +169,7 @@ t.test('SIGHUP reloads key and certificate for new connections', async (t) => {
   open.write('one\n');
   await readUntil(open, 'one\n');
 
-  install(next);
+  live.install(next);
   tlsd.proc.kill('SIGHUP');
   await tlsd.waitFor(new RegExp(`^tlsd: Reloaded key and certificate, SHA256 ${next.fingerprint}$`, 'm'));
   const fresh = await connectTls(tlsd.port, bob);

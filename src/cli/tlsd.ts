@@ -129,8 +129,10 @@ async function start(cli: CliOptions, command: string, args: string[], log: Logg
     };
     let service: Service;
     if (cli.workers > 1) {
-      const primary = await Primary.start(options, { count: cli.workers, program: process.argv[1] ?? '', log: { ident: cli.ident, stderr: cli.stderr === true, syslogPath: environment.TLSD_SYSLOG_SOCKET } });
-      notifier.keepAliveWhile(() => primary.healthy);
+      // Keep-alives only once every worker is up: not while they start, nor while one is replaced.
+      let primary: Primary | undefined;
+      notifier.keepAliveWhile(() => primary?.healthy === true);
+      primary = await Primary.start(options, { count: cli.workers, program: process.argv[1] ?? '', log: { ident: cli.ident, stderr: cli.stderr === true, syslogPath: environment.TLSD_SYSLOG_SOCKET } });
       service = primary;
     } else service = await Daemon.start(options);
     log.release();

@@ -121,6 +121,10 @@ export class Session implements ChildEvents {
       return;
     }
     this.phase = 'starting';
+    // A peer that ended its side before the session began (between its handshake and now: a
+    // worker waits for the primary's slot, -d waits for the disk) has had its 'end' already,
+    // emitted while nothing listened: without this the child would never get EOF.
+    if (socket.readableEnded) this.onPeerEnded();
   }
 
   // The child's events (ChildEvents), in the order it reports them.

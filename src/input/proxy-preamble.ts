@@ -58,4 +58,7 @@ export function readPreamble(socket: Socket, fromBalancer: boolean, done: (pream
   socket.on('end', onEnd);
   socket.on('error', onError);
   socket.on('close', onClose);
+  // Accepted paused (with workers, so that what is not read here stays in the kernel for the
+  // worker), a socket does not start flowing when a 'data' listener is added.
+  socket.resume();
 }

@@ -39,8 +39,13 @@ export interface WorkerConfig {
 
 export type ToWorker =
   | { t: 'config'; config: WorkerConfig }
-  /** A connection admitted by the primary, its descriptor with the message; `rest`: bytes read after a PROXY header (base64). */
-  | { t: 'connection'; id: number; remote: string; proxied?: ProxiedEndpoints; rest?: string }
+  /**
+   * A connection admitted by the primary, its descriptor with the message; `rest`: bytes read after
+   * a PROXY header (base64). `granted`: its peer slot comes with it, so its session starts as soon
+   * as its handshake is done. `track`: the primary counts it until it closes (--max-per-ip), so its
+   * close is to be told even after the handshake.
+   */
+  | { t: 'connection'; id: number; remote: string; proxied?: ProxiedEndpoints; rest?: string; granted: boolean; track: boolean }
   /** The handshake is done and the peer has a slot: check it and start its session. */
   | { t: 'serve'; id: number }
   /** Close it: evicted, past its deadline, or refused by a limit (the primary logged why). */
@@ -53,17 +58,17 @@ export type ToWorker =
   | { t: 'shutdown' }
   | { t: 'kill' };
 
+/** A worker sends what it has to say in one turn of its event loop as one array of these. */
 export type FromWorker =
   /** Serving: credentials loaded, the spawn helper up. */
   | { t: 'ready' }
-  /** The connection's handshake is done: it asks for a peer slot (answered `serve` or `drop`). */
+  /** The connection's handshake is done: unless its slot was granted, it asks for one (answered `serve` or `drop`). */
   | { t: 'secure'; id: number }
   | { t: 'failed'; id: number; why: string }
-  /** The connection is closed: its address no longer counts for --max-per-ip. */
+  /** The connection is closed (told only before its handshake ended, when tracked, or when dropped). */
   | { t: 'closed'; id: number }
   /** Its peer slot is free: the session ended, or none was started. */
   | { t: 'released'; id: number }
   | { t: 'peers'; count: number }
   | { t: 'reloaded' }
-  | { t: 'status'; request: number; rows: string[] }
-  | { t: 'killed'; count: number };
+  | { t: 'status'; request: number; rows: string[] };

@@ -1,6 +1,7 @@
 import type { AddressInfo, Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import { describeExit } from '../os/signal-names.js';
+import { reason } from '../log/reason.js';
 import type { ProxiedEndpoints } from '../input/proxy-header.js';
 import { announceListening, listenerSettings, logStartup, openAliases, reloadIdentity, statusHeader, stopTakingPeers, type DaemonOptions, type Service } from '../core/daemon.js';
 import { readDialLines } from '../core/dial-lines.js';
@@ -39,7 +40,13 @@ export class Primary implements Service {
   private readonly slots: PeerSlots;
   private readonly listener: Listener;
   private readonly waiters = new Set<Waiter>();
+  /** Connections admitted while no worker was up, until one is. */
+  private readonly waiting = new Map<Socket, { remote: string; proxied?: ProxiedEndpoints; timer: NodeJS.Timeout }>();
   private nextId = 1;
+  /** Handed-off connections in their handshake whose peer slot was not given with them. */
+  private unreservedHandshakes = 0;
+  /** And those whose slot was. */
+  private reservedHandshakes = 0;
   private nextRequest = 1;
   private lastPick = 0;
   private stopping = false;
@@ -55,7 +62,8 @@ export class Primary implements Service {
     this.slots = new PeerSlots(options.maxPeers);
     this.listener = new Listener({
       ...listenerSettings(options, identity),
-      refuse: () => this.refusal(),
+      // Slots given with handshakes still under way are no peers yet: they turn nobody away here.
+      refuse: () => this.refusal(this.reservedHandshakes),
       onSecure: () => {}, // handshakes are the workers'
       handOff: (socket, remote, proxied) => this.handOff(socket, remote, proxied),
     });
@@ -120,6 +128,12 @@ export class Primary implements Service {
     if (this.drained) return this.drained;
     this.stopping = true;
     stopTakingPeers(this.options, this.listener, this.slots);
+    for (const [socket, { remote, timer }] of this.waiting) {
+      clearTimeout(timer);
+      this.listener.abandon(socket);
+      this.listener.turnAway(socket, remote, 'shutting down');
+    }
+    this.waiting.clear();
     for (const worker of this.workers) worker.send({ t: 'shutdown' });
     this.drained = this.workers.some((worker) => worker.running) ? new Promise((resolve) => (this.allGone = resolve)) : Promise.resolve();
     return this.drained;
@@ -155,9 +169,9 @@ export class Primary implements Service {
     });
   }
 
-  private refusal(): string | undefined {
+  private refusal(notCounted = 0): string | undefined {
     if (this.stopping) return 'shutting down';
-    if (this.slots.taken >= this.slots.max) return `peer limit reached (${this.slots.max})`;
+    if (this.slots.taken - notCounted >= this.slots.max) return `peer limit reached (${this.slots.max})`;
     return undefined;
   }
 
@@ -180,15 +194,73 @@ export class Primary implements Service {
   private handOff(socket: Socket, remote: string, proxied: ProxiedEndpoints | undefined): void {
     const worker = this.pick();
     if (!worker) {
+      // Listening starts before the workers are up (they are forked once privileges are dropped),
+      // and a worker being replaced is not up either: a connection then waits for one, as long
+      // as its handshake may take.
+      if (!this.stopping && this.workers.some((other) => other.running)) {
+        const timer = setTimeout(() => this.unwait(socket, remote), this.options.handshakeTimeoutMs);
+        this.waiting.set(socket, { remote, proxied, timer });
+        return;
+      }
       this.listener.abandon(socket);
       this.listener.turnAway(socket, remote, 'no worker is running');
       return;
     }
     const id = this.nextId++;
     const rest = this.options.trustedProxies ? takeBuffered(socket) : undefined;
-    worker.connections.set(id, { standIn: socket, slot: false, closed: false });
+    const reserved = this.canReserve() && this.slots.tryAcquire();
+    if (reserved) this.reservedHandshakes++;
+    else this.unreservedHandshakes++;
+    worker.connections.set(id, { standIn: socket, slot: reserved, closed: false, handshaking: true, reserved });
     socket.once('close', () => this.standInClosed(worker, id, socket));
-    worker.send({ t: 'connection', id, remote, proxied, rest: rest?.toString('base64') }, socket);
+    worker.send({ t: 'connection', id, remote, proxied, rest: rest?.toString('base64'), granted: reserved, track: this.tracking }, socket);
+  }
+
+  /**
+   * A connection's peer slot may go with it, before its handshake, while there is a free slot for
+   * every handshake under way without one: then no peer that completes its handshake is refused
+   * for a slot another still holds, and the worker need not ask (one IPC round trip less per
+   * connection, each write of which wakes another process). When slots are short, a peer asks
+   * once its handshake is done, as in one process.
+   */
+  private canReserve(): boolean {
+    return !this.stopping && this.slots.max - this.slots.taken > this.unreservedHandshakes;
+  }
+
+  /** With --max-per-ip a connection counts until it closes; otherwise only until its handshake ends. */
+  private get tracking(): boolean {
+    return this.options.maxPerAddress !== undefined;
+  }
+
+  /** Its handshake is over (or never will be): it no longer counts among those without a slot. */
+  private handshakeOver(handed: Handed): void {
+    if (!handed.handshaking) return;
+    handed.handshaking = false;
+    if (handed.reserved) this.reservedHandshakes--;
+    else this.unreservedHandshakes--;
+  }
+
+  /** After its handshake, a connection nothing counts is forgotten here (the worker will not say it closed). */
+  private untrack(handed: Handed): void {
+    if (this.tracking) return;
+    this.closed(handed);
+  }
+
+  /** A connection that waited for a worker in vain: turned away. */
+  private unwait(socket: Socket, remote: string): void {
+    if (!this.waiting.delete(socket) || socket.destroyed) return;
+    this.listener.abandon(socket);
+    this.listener.turnAway(socket, remote, 'no worker is running');
+  }
+
+  /** A worker is up: the connections waiting for one go to the workers (those still open). */
+  private handWaiting(): void {
+    const waiting = [...this.waiting];
+    this.waiting.clear();
+    for (const [socket, { remote, proxied, timer }] of waiting) {
+      clearTimeout(timer);
+      if (!socket.destroyed) this.handOff(socket, remote, proxied);
+    }
   }
 
   /** Closed here (evicted, past its deadline, refused): the worker closes its end too. */
@@ -202,16 +274,34 @@ export class Primary implements Service {
   private received(worker: WorkerProcess, message: FromWorker): void {
     for (const waiter of this.waiters) waiter(worker, message);
     switch (message.t) {
+      case 'ready':
+        return this.handWaiting();
       case 'secure':
         return this.secure(worker, message.id);
       case 'failed': {
-        const standIn = worker.connections.get(message.id)?.standIn;
-        if (standIn) this.listener.handshakeFailed(standIn, message.why);
+        const handed = worker.connections.get(message.id);
+        if (!handed) return;
+        this.handshakeOver(handed);
+        if (handed.standIn) this.listener.handshakeFailed(handed.standIn, message.why);
+        // Never served: a slot given with it comes back here.
+        if (handed.slot) {
+          handed.slot = false;
+          this.slots.release();
+        }
+        this.untrack(handed);
+        if (handed.closed) worker.connections.delete(message.id);
         return;
       }
       case 'closed': {
         const handed = worker.connections.get(message.id);
         if (!handed) return;
+        const beforeItsEnd = handed.handshaking;
+        this.handshakeOver(handed);
+        // Closed before its handshake ended: never served, so a slot given with it comes back here.
+        if (beforeItsEnd && handed.slot) {
+          handed.slot = false;
+          this.slots.release();
+        }
         this.closed(handed);
         if (!handed.slot) worker.connections.delete(message.id);
         return;
@@ -247,22 +337,23 @@ export class Primary implements Service {
   /** A handshake done in a worker: the peer gets a slot here (and is served there), or is turned away. */
   private secure(worker: WorkerProcess, id: number): void {
     const handed = worker.connections.get(id);
-    const standIn = handed?.standIn;
-    if (!handed || !standIn) return; // dropped meanwhile: the worker was told
+    if (!handed) return;
+    this.handshakeOver(handed);
+    const standIn = handed.standIn;
+    if (!standIn) return; // dropped meanwhile: the worker was told
     const secured = this.listener.handshakeDone(standIn);
     if (!secured) return; // evicted or past its deadline: closed, and the worker told
-    const refusal = this.refusal();
-    if (refusal !== undefined || !this.slots.tryAcquire()) {
-      this.listener.turnAway(standIn, secured.remote, refusal ?? 'peer limit reached');
-      return;
+    // A slot given with it: the worker is serving it already.
+    if (!handed.reserved) {
+      const refusal = this.refusal();
+      if (refusal !== undefined || !this.slots.tryAcquire()) {
+        this.listener.turnAway(standIn, secured.remote, refusal ?? 'peer limit reached');
+        return;
+      }
+      handed.slot = true;
+      worker.send({ t: 'serve', id });
     }
-    handed.slot = true;
-    worker.send({ t: 'serve', id });
-    // Without --max-per-ip nothing counts this connection any more: its stand-in can go.
-    if (this.options.maxPerAddress === undefined) {
-      handed.standIn = undefined;
-      standIn.destroy();
-    }
+    this.untrack(handed);
   }
 
   /** A worker died: what it held is freed, and a new worker takes its place. */
@@ -270,6 +361,7 @@ export class Primary implements Service {
     for (const waiter of this.waiters) waiter(worker, undefined);
     const sessions = worker.peers;
     for (const handed of worker.connections.values()) {
+      this.handshakeOver(handed);
       this.closed(handed);
       if (handed.slot) this.slots.release();
     }
@@ -291,7 +383,7 @@ export class Primary implements Service {
     this.workers[old.index - 1] = worker;
     worker.whenReady().then(
       () => this.options.log.info(`Started worker ${worker.index}, pid ${worker.pid}`),
-      (error: unknown) => this.options.log.error(`${(error as Error).message}`),
+      (error: unknown) => this.options.log.error(reason(error)),
     );
   }
 
@@ -309,7 +401,7 @@ export class Primary implements Service {
           return;
         }
         const id = this.nextId++;
-        worker.connections.set(id, { slot: true, closed: true });
+        worker.connections.set(id, { slot: true, closed: true, handshaking: false, reserved: false });
         worker.send({ t: 'dial', id, target });
       },
     });

@@ -15,8 +15,12 @@ export interface Handed {
   standIn?: Socket;
   /** Holds a peer slot. */
   slot: boolean;
-  /** The worker said it is closed (a dial line: nothing to close here). */
+  /** Nothing more will be heard of its closing: the worker said so, or will not say (a dial line, a connection nothing counts once its handshake is over). */
   closed: boolean;
+  /** Its handshake is under way in the worker. */
+  handshaking: boolean;
+  /** Its peer slot was given with it, before its handshake (Primary.canReserve). */
+  reserved: boolean;
 }
 
 export interface WorkerEvents {
@@ -46,9 +50,11 @@ export class WorkerProcess {
     this.index = config.index;
     this.child = fork(program, [], { env: { ...config.environment, [WORKER_MARK]: '1' }, stdio: ['ignore', 'ignore', 'inherit', 'ipc'], serialization: 'json' });
     this.child.on('error', () => {}); // its exit says what happened
-    this.child.on('message', (message: FromWorker) => {
-      if (message.t === 'ready') this.readyNow = true;
-      events.message(this, message);
+    this.child.on('message', (batch: FromWorker[]) => {
+      for (const message of batch) {
+        if (message.t === 'ready') this.readyNow = true;
+        events.message(this, message);
+      }
     });
     this.child.once('exit', (code, signal) => {
       this.alive = false;
@@ -73,15 +79,15 @@ export class WorkerProcess {
   whenReady(): Promise<void> {
     return new Promise((resolve, reject) => {
       if (this.readyNow) return resolve();
-      const timer = setTimeout(() => reject(new Error(`worker ${this.index} did not start within ${READY_TIMEOUT_MS / 1000} s`)), READY_TIMEOUT_MS);
-      const onMessage = (message: FromWorker): void => {
-        if (message.t !== 'ready') return;
+      const timer = setTimeout(() => reject(new Error(`Cannot start worker ${this.index}: it did not say it was ready within ${READY_TIMEOUT_MS / 1000} s`)), READY_TIMEOUT_MS);
+      const onMessage = (batch: FromWorker[]): void => {
+        if (!batch.some((message) => message.t === 'ready')) return;
         settle();
         resolve();
       };
       const onExit = (): void => {
         settle();
-        reject(new Error(`worker ${this.index} ended before it was ready`));
+        reject(new Error(`Cannot start worker ${this.index}: it ended before it was ready`));
       };
       const settle = (): void => {
         clearTimeout(timer);

@@ -10,6 +10,9 @@ import { PeerService } from '../core/peer-service.js';
 import { TlsTerminator } from '../core/tls-terminator.js';
 import type { Credentials, FromWorker, ToWorker, WorkerConfig } from './messages.js';
 
+/** How stale the primary's count of a worker's peers may be. */
+const COUNT_INTERVAL_MS = 100;
+
 /** Set in a worker's environment by the primary that forks it (and taken out at once). */
 export const WORKER_MARK = 'TLSD_WORKER';
 
@@ -23,6 +26,12 @@ interface Handed {
   secure?: TLSSocket;
   /** The primary closed it and logged why: its failure is not reported again. */
   dropped?: boolean;
+  /** Its peer slot came with it: served as soon as it is secure. */
+  granted: boolean;
+  /** The primary counts it until it closes (--max-per-ip). */
+  track: boolean;
+  /** Its handshake has ended, well or not. */
+  ended?: boolean;
 }
 
 /**
@@ -82,7 +91,9 @@ class Worker {
       secure: (tcp, socket) => this.secure(tcp, socket),
       failed: (tcp, _socket, error) => {
         const handed = this.byTcp.get(tcp);
-        if (handed && !handed.dropped) send({ t: 'failed', id: handed.id, why: reason(error) });
+        if (!handed || handed.dropped) return;
+        handed.ended = true;
+        send({ t: 'failed', id: handed.id, why: reason(error) });
       },
     });
     process.on('message', (message: ToWorker, handle: unknown) => this.receive(message, handle));
@@ -100,7 +111,7 @@ class Worker {
   private receive(message: ToWorker, handle: unknown): void {
     switch (message.t) {
       case 'connection':
-        return this.take(message.id, handle, message.remote, message.proxied, message.rest);
+        return this.take(message, handle);
       case 'serve':
         return this.serve(message.id);
       case 'drop': {
@@ -130,7 +141,7 @@ class Worker {
         void this.end();
         return;
       case 'kill':
-        send({ t: 'killed', count: this.peers.killAll() });
+        this.peers.killAll();
         this.log.close();
         process.exit(1);
         return;
@@ -140,22 +151,27 @@ class Worker {
   }
 
   /** A connection from the primary: its handshake starts here, on the bytes the primary did not read. */
-  private take(id: number, handle: unknown, remote: string, proxied: ProxiedEndpoints | undefined, rest: string | undefined): void {
+  private take({ id, remote, proxied, rest, granted, track }: Extract<ToWorker, { t: 'connection' }>, handle: unknown): void {
     const tcp = handle as Socket | undefined;
     // Closed by the primary before Node sent it (evicted while queued): nothing came.
     if (!tcp) {
       send({ t: 'closed', id });
       return;
     }
-    const handed: Handed = { id, tcp, remote, proxied };
+    const handed: Handed = { id, tcp, remote, proxied, granted, track };
     this.byId.set(id, handed);
     this.byTcp.set(tcp, handed);
     tcp.on('error', () => {}); // the TLS side reports what matters
-    tcp.once('close', () => {
-      this.byId.delete(id);
-      this.byTcp.delete(tcp);
-      send({ t: 'closed', id });
-    });
+    // After the TLS side has said how its handshake ended (its error comes in a later tick than
+    // this close): the primary logs a failed handshake only while it still counts the connection.
+    tcp.once('close', () =>
+      setImmediate(() => {
+        this.byId.delete(id);
+        this.byTcp.delete(tcp);
+        // Once its handshake has ended the primary follows it no further, unless it counts it.
+        if (!handed.ended || handed.track || handed.dropped) send({ t: 'closed', id });
+      }),
+    );
     if (rest) tcp.unshift(Buffer.from(rest, 'base64'));
     this.terminator.take(tcp);
   }
@@ -167,8 +183,10 @@ class Worker {
       return;
     }
     socket.on('error', () => {}); // until served; the session logs errors itself
+    handed.ended = true;
     handed.secure = socket;
     send({ t: 'secure', id: handed.id });
+    if (handed.granted) this.serve(handed.id);
   }
 
   /** The primary gave the peer a slot: its session starts (or it is refused here, and the slot goes back). */
@@ -193,14 +211,17 @@ class Worker {
     process.exit(0);
   }
 
-  /** The primary sums the workers' peers for systemd: one message per turn, however many changed. */
+  /**
+   * The primary sums the workers' peers for systemd's STATUS=: told at most every COUNT_INTERVAL_MS,
+   * not per connection (each message a write that wakes the primary).
+   */
   private queueCount(): void {
     if (this.countQueued) return;
     this.countQueued = true;
-    setImmediate(() => {
+    setTimeout(() => {
       this.countQueued = false;
       send({ t: 'peers', count: this.peers.peerCount });
-    });
+    }, COUNT_INTERVAL_MS).unref();
   }
 }
 
@@ -208,7 +229,20 @@ function identityFromCredentials({ key, cert, ca }: Credentials): Identity {
   return identityFromPem(Buffer.from(key), Buffer.from(cert), ca === undefined ? undefined : Buffer.from(ca));
 }
 
-/** To the primary; once it is gone, nothing (the worker is ending). */
+let outbox: FromWorker[] = [];
+
+/**
+ * To the primary, with whatever else this turn of the event loop says, in one IPC message: a busy
+ * worker has several things to say per connection, and each message is a write and a parse.
+ * Once the primary is gone, nothing (the worker is ending).
+ */
 function send(message: FromWorker): void {
-  if (process.connected) process.send?.(message);
+  outbox.push(message);
+  if (outbox.length === 1) setImmediate(flushOutbox);
+}
+
+function flushOutbox(): void {
+  const batch = outbox;
+  outbox = [];
+  if (process.connected) process.send?.(batch);
 }

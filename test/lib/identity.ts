@@ -1,6 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtempSync } from 'node:fs';
+import { copyFileSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -27,4 +27,25 @@ export function makeIdentity(dir: string, name: string): TestIdentity {
 export function opensslFingerprint(certFile: string): string {
   const der = execFileSync('openssl', ['x509', '-in', certFile, '-outform', 'DER']);
   return createHash('sha256').update(der).digest('hex');
+}
+
+/** Key and certificate files in `dir` that a test replaces, as a renewal does, before a SIGHUP. */
+export interface LiveIdentity {
+  key: string;
+  cert: string;
+  /** Copies `identity`'s key and certificate over the live files. */
+  install(identity: TestIdentity): void;
+}
+
+export function liveIdentity(dir: string): LiveIdentity {
+  const key = join(dir, 'live-key.pem');
+  const cert = join(dir, 'live-cert.pem');
+  return {
+    key,
+    cert,
+    install(identity) {
+      copyFileSync(identity.key, key);
+      copyFileSync(identity.cert, cert);
+    },
+  };
 }
