@@ -88,9 +88,14 @@ async function rateRun(generator: Generator, target: Target, server: RunningServ
   const note = failures(result);
   const figures: Figures = { rate: { n: result.perSecond, note: note && `${result.failed} failed` }, rateP50: { n: result.p50 }, rateP99: { n: result.p99 }, protocol: { note: result.protocol } };
   if (result.done > 0) {
-    figures.cpuOwn = { n: (after.own - before.own) / result.done };
-    figures.cpuTree = { n: (after.own + after.children - before.own - before.children) / result.done };
-    figures.cpuGenerator = { n: result.generatorCpuMs / result.done };
+    const perConnection = (ms: number): Value => ({ n: ms / result.done });
+    figures.cpuOwn = perConnection(after.own - before.own);
+    figures.cpuSystem = perConnection(after.system - before.system);
+    figures.cpuPrimary = perConnection(after.byRole.primary - before.byRole.primary);
+    if ((server.spec.workers ?? 1) > 1) figures.cpuWorkers = perConnection(after.byRole.worker - before.byRole.worker);
+    if (server.spec.workers !== undefined) figures.cpuHelpers = perConnection(after.byRole.helper - before.byRole.helper);
+    figures.cpuTree = perConnection(after.own + after.children - before.own - before.children);
+    figures.cpuGenerator = perConnection(result.generatorCpuMs);
   }
   return { figures, note };
 }
@@ -223,29 +228,32 @@ export async function measureServer(spec: ServerSpec, options: BenchOptions, fil
 }
 
 /**
- * tlsd under the rate load with `node --cpu-prof`, just after start (a profile covers the whole process
- * life, so a steady one would be mostly warm-up); returns
- * the connections made and tlsd's own CPU time over them (from /proc), to turn the profile's shares
- * into time per connection.
+ * A tlsd server under the rate load with `node --cpu-prof`, just after start (a profile covers the
+ * whole process life, so a steady one would be mostly warm-up); returns the connections made, the
+ * main process's pid (its profile's name carries it; with --workers each worker writes one too) and
+ * that process's own CPU time over them (from /proc), to turn the profile's shares into time per
+ * connection.
  */
-export async function profileTlsd(spec: ServerSpec, options: BenchOptions, files: Files, repo: string, profileDir: string): Promise<{ done: number; cpuOwnMs: number }> {
+export async function profileTlsd(spec: ServerSpec, options: BenchOptions, files: Files, repo: string, profileDir: string): Promise<{ done: number; primaryMs: number; pid: number }> {
   let done = 0;
-  let cpuOwnMs = NaN;
+  let primaryMs = NaN;
+  let pid = 0;
   await withServer(
     spec,
     'echo',
     files,
     repo,
     async (server, generator) => {
+      pid = server.pid;
       const target = { port: server.port, tls: spec.tls };
       await rateLoad(generator, target, warmUpCount(options), 8);
       const before = daemonCpuTimes(server.pid);
       const result = await rateLoad(generator, target, options.connections, options.inFlight);
       await sleep(500);
-      cpuOwnMs = daemonCpuTimes(server.pid).own - before.own;
+      primaryMs = daemonCpuTimes(server.pid).byRole.primary - before.byRole.primary;
       done = result.done;
     },
     profileDir,
   );
-  return { done, cpuOwnMs };
+  return { done, primaryMs, pid };
 }

@@ -38,10 +38,10 @@ const usage = `usage: npm run bench -- [option ...]
   --idle K,K,...       idle levels (default 64,1000,10000)
   --idle-rounds N      rounds that include the idle load (default 1: it is the slowest)
   --startup-repeats N  runs of each program for start-up times (default 10)
-  --servers a,b        only these (tlsd,stunnel,socat,ncat,node-spawn,node-echo,socat-tcp)
+  --servers a,b        only these (tlsd,tlsd-w2,stunnel,socat,ncat,node-spawn,node-echo,socat-tcp)
   --loads a,b          only these (${allLoads.join(',')})
   --write FILE         write the results into FILE (docs/performance.md) between its markers
-  --profile            also profile tlsd under the rate load (node --cpu-prof) and summarize it`;
+  --profile            also profile tlsd (and tlsd-w2's primary) under the rate load (node --cpu-prof) and summarize it`;
 
 export function parseOptions(argv: string[]): BenchOptions {
   const quick = argv.includes('--quick');

@@ -1,6 +1,6 @@
 /** Readings from /proc: a process's own memory and CPU time, and its process group. */
 import { execFileSync } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync, realpathSync } from 'node:fs';
 
 let ticksPerSecond: number | undefined;
 
@@ -27,6 +27,8 @@ export interface CpuTimes {
   own: number;
   /** cutime + cstime: children it has waited for, in milliseconds. */
   children: number;
+  /** stime alone (the kernel's work on the process's behalf: its syscalls, loopback TCP, forks), in milliseconds. */
+  system: number;
 }
 
 function statFields(pid: number): string[] {
@@ -41,19 +43,43 @@ export function cpuTimes(pid: number): CpuTimes {
   return {
     own: (Number(fields[11]) + Number(fields[12])) * ms,
     children: (Number(fields[13]) + Number(fields[14])) * ms,
+    system: Number(fields[12]) * ms,
   };
 }
 
-/**
- * The server's own processes: the server, and tlsd's spawn helper (a child that starts the
- * sessions' children), whose CPU and memory are the daemon's as much as the main process's.
- */
-export function daemonPids(pid: number): number[] {
-  const own = [pid];
+/** Every live process's parent, from one pass over /proc. */
+function parents(): Map<number, number> {
+  const parentOf = new Map<number, number>();
   for (const entry of readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
     try {
-      if (Number(statFields(Number(entry))[1]) === pid && isSpawnHelper(Number(entry))) own.push(Number(entry));
+      parentOf.set(Number(entry), Number(statFields(Number(entry))[1]));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return parentOf;
+}
+
+export type Role = 'primary' | 'worker' | 'helper';
+
+/**
+ * The server's own processes and what each is: the server (with `--workers N`, tlsd's primary),
+ * tlsd's workers (Node processes the primary forked) and each one's spawn helper (a child that
+ * starts the sessions' children); their CPU and memory are the daemon's as much as the main
+ * process's. The sessions' children (`cat`) are not: they are the helpers' children, never walked.
+ */
+export function daemonProcesses(pid: number): Map<number, Role> {
+  const parentOf = parents();
+  const childrenOf = (parent: number): number[] => [...parentOf].filter(([, of]) => of === parent).map(([child]) => child);
+  const own = new Map<number, Role>([[pid, 'primary']]);
+  for (const child of childrenOf(pid)) {
+    try {
+      if (isSpawnHelper(child)) own.set(child, 'helper');
+      else if (isNode(child)) {
+        own.set(child, 'worker');
+        for (const grandchild of childrenOf(child)) if (isSpawnHelper(grandchild)) own.set(grandchild, 'helper');
+      }
     } catch {
       // gone meanwhile
     }
@@ -71,20 +97,41 @@ function isSpawnHelper(pid: number): boolean {
   return argv[1] === '--protocol' && argv[2] === '2';
 }
 
-/** cpuTimes summed over daemonPids. */
-export function daemonCpuTimes(pid: number): CpuTimes {
-  const total = { own: 0, children: 0 };
-  for (const member of daemonPids(pid)) {
-    const times = cpuTimes(member);
-    total.own += times.own;
-    total.children += times.children;
+const nodeBinary = realpathSync(process.execPath);
+
+/** A worker: the primary forks them from the node binary that runs it (the bench's own). */
+function isNode(pid: number): boolean {
+  return readlinkSync(`/proc/${pid}/exe`) === nodeBinary;
+}
+
+/** cpuTimes summed over the daemon's processes (by role, and in all); a process gone meanwhile counts nothing. */
+export function daemonCpuTimes(pid: number): CpuTimes & { byRole: Record<Role, number> } {
+  const total = { own: 0, children: 0, system: 0, byRole: { primary: 0, worker: 0, helper: 0 } };
+  for (const [member, role] of daemonProcesses(pid)) {
+    try {
+      const times = cpuTimes(member);
+      total.own += times.own;
+      total.children += times.children;
+      total.system += times.system;
+      total.byRole[role] += times.own;
+    } catch {
+      // gone meanwhile
+    }
   }
   return total;
 }
 
-/** rssKiB summed over daemonPids. */
+/** rssKiB summed over the daemon's processes. */
 export function daemonRssKiB(pid: number): number {
-  return daemonPids(pid).reduce((sum, member) => sum + rssKiB(member), 0);
+  let total = 0;
+  for (const member of daemonProcesses(pid).keys()) {
+    try {
+      total += rssKiB(member);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return total;
 }
 
 /** Live process ids in one process group (the server and every child it started); zombies left out. */

@@ -19,6 +19,10 @@ export function rows(options: BenchOptions): Row[] {
     { key: 'latP50', label: 'latency, 1 in flight: p50, ms', digits: 2 },
     { key: 'latP99', label: 'latency, 1 in flight: p99, ms', digits: 2 },
     { key: 'cpuOwn', label: "CPU per conn, daemon's own, ms", digits: 2 },
+    { key: 'cpuSystem', label: "CPU per conn, daemon's own: of it system time, ms", digits: 2 },
+    { key: 'cpuPrimary', label: "CPU per conn, daemon's own: the main process (with --workers: the primary), ms", digits: 2 },
+    { key: 'cpuWorkers', label: "CPU per conn, daemon's own: the workers, ms", digits: 2 },
+    { key: 'cpuHelpers', label: "CPU per conn, daemon's own: the spawn helpers, ms", digits: 2 },
     { key: 'cpuTree', label: 'CPU per conn, with reaped children, ms', digits: 2 },
     { key: 'cpuGenerator', label: "CPU per conn, the load generator's, ms", digits: 2 },
     { key: 'bulk', label: `bulk echo ${options.bulkMiB} MiB through cat: MiB/s`, digits: 0 },
@@ -157,17 +161,23 @@ export function checkTargets(results: Results, specs: ServerSpec[], options: Ben
     measured: download && stunnelDownload ? `${download.toFixed(0)} vs ${stunnelDownload.toFixed(0)} MiB/s: ${(download / stunnelDownload).toFixed(2)}×${earlier('downloadFirst', 'stunnel', 'first transfer')}` : 'not measured',
     met: download && stunnelDownload ? download >= stunnelDownload : undefined,
   });
-  const top = options.idleLevels[options.idleLevels.length - 1]!;
-  const idle = table.get('tlsd')?.get(`idle${top}`);
-  const fresh = table.get('tlsd')?.get('idleFresh');
-  const lastHeld = [...options.idleLevels].reverse().map((level) => table.get('tlsd')?.get(`idle${level}`)).find((value) => value !== undefined);
-  // The issue asks for 10,000; a run with fewer levels (descriptor limits) reports at its top one, but cannot meet it.
-  const asked = 10_000;
-  checks.push({
-    target: top >= asked ? `idle: ${top} peers held, ≤ 48 KiB daemon RSS per peer` : `idle: ${asked} peers held (this run: ${top}), ≤ 48 KiB daemon RSS per peer`,
-    measured: `${idle ? `${format(idle, 1)} KiB per peer` : lastHeld ? `${format(lastHeld, 1)} KiB per peer, fewer than ${top} held` : 'not measured'}${fresh?.n === undefined ? '' : `; counted from before the warm-up ${fresh.n.toFixed(1)}`}`,
-    met: idle?.n !== undefined ? top >= asked && idle.note === undefined && idle.n <= 48 : lastHeld ? false : undefined,
-  });
+  checks.push(idleCheck(table, 'tlsd', options));
+  if (table.has('tlsd-w2')) {
+    const own = get('tlsd', 'cpuOwn');
+    const workers = get('tlsd-w2', 'cpuOwn');
+    const ownCold = get('tlsd', 'cpuOwnCold');
+    const workersCold = get('tlsd-w2', 'cpuOwnCold');
+    const us = (ms: number): string => `${(ms * 1000).toFixed(0)} µs`;
+    checks.push({
+      target: "tlsd-w2 (--workers 2): CPU per connection, summed over its processes, ≤ 1.05× tlsd's",
+      measured:
+        own && workers
+          ? `${us(workers)} vs ${us(own)}: ${(workers / own).toFixed(2)}×${ownCold && workersCold ? `; just after start ${us(workersCold)} vs ${us(ownCold)}: ${(workersCold / ownCold).toFixed(2)}×` : ''}`
+          : 'not measured',
+      met: own && workers ? workers <= 1.05 * own : undefined,
+    });
+    checks.push(idleCheck(table, 'tlsd-w2', options));
+  }
   const silent = table.get('tlsd')?.get('silent');
   checks.push({
     target: `${options.silentCount} silent connections change the others' p50 by < 10%`,
@@ -183,6 +193,23 @@ export function checkTargets(results: Results, specs: ServerSpec[], options: Ben
     });
   }
   return checks;
+}
+
+/** The issue's idle target for one of the tlsd servers: 10,000 peers held at ≤ 48 KiB of daemon RSS each. */
+function idleCheck(table: Map<string, Map<string, Value>>, server: string, options: BenchOptions): TargetCheck {
+  const top = options.idleLevels[options.idleLevels.length - 1]!;
+  const figures = table.get(server);
+  const idle = figures?.get(`idle${top}`);
+  const fresh = figures?.get('idleFresh');
+  const lastHeld = [...options.idleLevels].reverse().map((level) => figures?.get(`idle${level}`)).find((value) => value !== undefined);
+  // The issue asks for 10,000; a run with fewer levels (descriptor limits) reports at its top one, but cannot meet it.
+  const asked = 10_000;
+  const who = server === 'tlsd' ? 'idle' : `${server}, idle`;
+  return {
+    target: top >= asked ? `${who}: ${top} peers held, ≤ 48 KiB daemon RSS per peer` : `${who}: ${asked} peers held (this run: ${top}), ≤ 48 KiB daemon RSS per peer`,
+    measured: `${idle ? `${format(idle, 1)} KiB per peer` : lastHeld ? `${format(lastHeld, 1)} KiB per peer, fewer than ${top} held` : 'not measured'}${fresh?.n === undefined ? '' : `; counted from before the warm-up ${fresh.n.toFixed(1)}`}`,
+    met: idle?.n !== undefined ? top >= asked && idle.note === undefined && idle.n <= 48 : lastHeld ? false : undefined,
+  };
 }
 
 export function targetsTable(checks: TargetCheck[]): string {

@@ -5,7 +5,7 @@
  * each figure beside its ratio to tlsd.
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -58,7 +58,7 @@ function stunnelConf(files: Files): string {
     .trim();
 }
 
-function report(options: BenchOptions, machine: Machine, specs: ServerSpec[], results: Results, startup: StartupResult[], files: Files, argv: string[], elapsedS: number, profile?: string): string {
+function report(options: BenchOptions, machine: Machine, specs: ServerSpec[], results: Results, startup: StartupResult[], files: Files, argv: string[], elapsedS: number, profiles: { name: string; text: string }[]): string {
   const lines: string[] = [];
   lines.push(`Run ${machine.date}: \`npm run bench${argv.length ? ` -- ${argv.join(' ')}` : ''}\` (${elapsedS.toFixed(0)} s).`);
   lines.push('');
@@ -81,10 +81,10 @@ function report(options: BenchOptions, machine: Machine, specs: ServerSpec[], re
   lines.push('Notes on the columns:');
   for (const spec of specs) if (spec.note) lines.push(`- ${spec.name}: ${spec.note}.`);
   lines.push(
-    "- CPU per connection is the server's own utime+stime from /proc/PID/stat over the rate run (for tlsd: the main process plus its spawn helper), divided by the connections; " +
+    "- CPU per connection is the server's own utime+stime from /proc/PID/stat over the rate run (for tlsd: the main process plus its spawn helper; for tlsd-w2 the primary, its workers and their spawn helpers, found by walking the process tree), divided by the connections; " +
       'children (cat, and the per-connection processes of forking servers) are excluded. The row "with reaped children" adds cutime+cstime, which covers every child the server has waited for.',
   );
-  lines.push('- Idle RSS per peer is (VmRSS one second after the K-th peer connected − VmRSS after the warm-up, its connections and children gone) / K of the server process alone (tlsd: with its spawn helper); the row "counted from before the warm-up" uses the VmRSS of the server before its first connection instead, as this page did until 35cee15. "Whole group PSS" counts every process of the server\'s process group (children included, shared pages split).');
+  lines.push('- Idle RSS per peer is (VmRSS one second after the K-th peer connected − VmRSS after the warm-up, its connections and children gone) / K of the server process alone (tlsd: with its spawn helper; tlsd-w2: summed over the primary, its workers and their helpers); the row "counted from before the warm-up" uses the VmRSS of the server before its first connection instead, as this page did until 35cee15. "Whole group PSS" counts every process of the server\'s process group (children included, shared pages split).');
   lines.push(
     `- Steady state, and just after start: each server is started fresh for each round and phase and serves ${WARM_UP_CONNECTIONS} connections (8 in flight) before anything is counted, ` +
       'but the download server, whose child sends the whole file to whoever connects. ' +
@@ -102,11 +102,12 @@ function report(options: BenchOptions, machine: Machine, specs: ServerSpec[], re
     lines.push(startupTable(startup));
     lines.push('');
   }
-  if (profile) {
-    lines.push('Where tlsd\'s CPU time goes under the rate load (`--profile`: `node --cpu-prof`, a separate run after the table\'s rounds):');
+  for (const { name, text } of profiles) {
+    const whose = name === 'tlsd' ? "tlsd's" : `${name}'s primary's`;
+    lines.push(`Where ${whose} CPU time goes under the rate load (\`--profile\`: \`node --cpu-prof\`, a separate run after the table's rounds):`);
     lines.push('');
     lines.push('```');
-    lines.push(profile);
+    lines.push(text);
     lines.push('```');
     lines.push('');
   }
@@ -154,9 +155,12 @@ async function main(): Promise<void> {
   log(`bench: ${specs.map((spec) => spec.name).join(', ')}; ${options.rounds} round(s); ulimit -n ${fileLimit()}; files in ${files.dir}`);
   const softFiles = Number(/^Max open files\s+(\d+)/m.exec(readFileSync('/proc/self/limits', 'utf8'))?.[1]);
   const topIdle = options.loads.has('idle') ? Math.max(...options.idleLevels) : 0;
-  // tlsd holds three descriptors per peer (the TLS socket, the child's stdin and stdout); stunnel two.
-  if (topIdle > 0 && softFiles < 3 * topIdle + 200)
-    log(`bench: ulimit -n is ${softFiles}: tlsd can hold about ${Math.floor((softFiles - 200) / 3)} peers, fewer than the idle level ${topIdle} (--idle sets the levels)`);
+  // tlsd holds three descriptors per peer (the TLS socket, the child's stdin and stdout), each
+  // worker its own peers' (the limit is per process); stunnel two.
+  for (const spec of specs.filter((spec) => spec.workers !== undefined)) {
+    const fits = Math.floor((softFiles - 200) / 3) * spec.workers!;
+    if (topIdle > fits) log(`bench: ulimit -n is ${softFiles}: ${spec.name} can hold about ${fits} peers, fewer than the idle level ${topIdle} (--idle sets the levels)`);
+  }
 
   const stop = (): void => {
     log('bench: interrupted, stopping servers');
@@ -204,26 +208,30 @@ async function main(): Promise<void> {
     }
 
 
-    let profile: string | undefined;
-    if (options.profile) {
-      const tlsd = allServers.find((spec) => spec.name === 'tlsd')!;
-      const profileDir = mkdtempSync(join(os.tmpdir(), 'tlsd-profile-'));
-      const { done, cpuOwnMs } = await profileTlsd(tlsd, options, files, repo, profileDir);
-      const profiles = readdirSync(profileDir)
-        .filter((name) => name.endsWith('.cpuprofile'))
-        .map((name) => join(profileDir, name))
-        .sort((a, b) => statSync(b).mtimeMs - statSync(a).mtimeMs);
-      if (profiles.length === 0) log('bench: tlsd wrote no CPU profile');
-      else {
-        log(`bench: tlsd CPU profile under the rate load (${done} connections, ${options.inFlight} in flight): ${profiles[0]}`);
-        const summary = summarize(JSON.parse(readFileSync(profiles[0]!, 'utf8')));
-        profile =
-          `${done} connections, ${options.inFlight} in flight; just after start (the profile covers tlsd's whole life: start-up, the warm-up, the run, shut-down), so its figures compare with the just-after-start rows.\n` +
-          formatSummary(summary, done, done > 0 ? cpuOwnMs / done : undefined, 15);
+    // One profile per tlsd server in the run, of its main process (with --workers, the primary:
+    // the part of the daemon that does not spread over cores).
+    const profiles: { name: string; text: string }[] = [];
+    if (options.profile)
+      for (const spec of specs.filter((spec) => spec.workers !== undefined)) {
+        const profileDir = mkdtempSync(join(os.tmpdir(), 'tlsd-profile-'));
+        const { done, primaryMs, pid } = await profileTlsd(spec, options, files, repo, profileDir);
+        // node names each profile CPU.<date>.<time>.<pid>.<thread>.<n>.cpuprofile; a worker writes its own.
+        const file = readdirSync(profileDir).find((name) => name.endsWith('.cpuprofile') && name.split('.')[3] === String(pid));
+        if (!file) {
+          log(`bench: ${spec.name} wrote no CPU profile`);
+          continue;
+        }
+        log(`bench: ${spec.name} CPU profile under the rate load (${done} connections, ${options.inFlight} in flight): ${join(profileDir, file)}`);
+        const summary = summarize(JSON.parse(readFileSync(join(profileDir, file), 'utf8')));
+        profiles.push({
+          name: spec.name,
+          text:
+            `${done} connections, ${options.inFlight} in flight; just after start (the profile covers the process's whole life: start-up, the warm-up, the run, shut-down), so its figures compare with the just-after-start rows.\n` +
+            formatSummary(summary, done, done > 0 ? primaryMs / done : undefined, 15),
+        });
       }
-    }
 
-    const text = report(options, machine, specs, results, startup, files, argv, (Date.now() - started) / 1000, profile);
+    const text = report(options, machine, specs, results, startup, files, argv, (Date.now() - started) / 1000, profiles);
     console.log(`\n${text}\n`);
     if (options.write) {
       writeInto(resolve(process.env.INIT_CWD ?? process.cwd(), options.write), text);

@@ -35,6 +35,10 @@ export interface ServerSpec {
   pkg?: string;
   binary: string;
   note?: string;
+  /** A line on stderr that says it is ready to serve (else: the port accepts a connection). */
+  ready?: RegExp;
+  /** Processes that serve connections (tlsd's `--workers`), for the descriptor budget. */
+  workers?: number;
 }
 
 export const maxPeers = 20_000;
@@ -43,22 +47,35 @@ function catArgs(child: Child, files: Files): string[] {
   return child === 'echo' ? ['cat'] : ['cat', files.data];
 }
 
-export const servers: ServerSpec[] = [
-  {
-    name: 'tlsd',
+/**
+ * tlsd as one process (`tlsd`), or as a primary handing connections to `--workers N` worker
+ * processes (`tlsd-wN`), with otherwise the same command line.
+ */
+function tlsdSpec(workers: number): ServerSpec {
+  return {
+    name: workers === 1 ? 'tlsd' : `tlsd-w${workers}`,
     tls: true,
     clientCert: true,
     forks: false,
     binary: process.execPath,
+    workers,
+    // The primary logs `Started worker N, pid P` for each worker after its `Listening on` lines.
+    ready: workers === 1 ? /Listening on .*port \d+/ : new RegExp(`Started worker ${workers}, pid \\d+`),
+    note: workers === 1 ? undefined : `tlsd --workers ${workers}: a primary that accepts and hands each connection to one of ${workers} worker processes, each with its own spawn helper; CPU and RSS summed over them all`,
     command: (port, child, files, profileDir) => ({
       file: process.execPath,
       args: [
         ...(profileDir ? ['--cpu-prof', '--cpu-prof-dir', profileDir] : []),
         'bin/tlsd.js', '-e', '-b', '127.0.0.1', '-k', files.serverKey, '-c', files.serverCert, '-p', String(port),
-        '--max-peers', String(maxPeers), '--', ...catArgs(child, files),
+        '--max-peers', String(maxPeers), ...(workers === 1 ? [] : ['--workers', String(workers)]), '--', ...catArgs(child, files),
       ],
     }),
-  },
+  };
+}
+
+export const servers: ServerSpec[] = [
+  tlsdSpec(1),
+  tlsdSpec(2),
   {
     name: 'stunnel',
     tls: true,
@@ -221,7 +238,7 @@ export class RunningServer {
     // stdin stays open (tlsd reads `host port` lines from it); stdout is not used by any of them.
     const process = spawn(file, args, { cwd, detached: true, stdio: ['pipe', 'ignore', 'pipe'] });
     const server = new RunningServer(spec, port, process);
-    const ready = spec.name === 'tlsd' ? server.waitForLine(/Listening on .*port \d+/, 10_000) : server.waitForPort(10_000);
+    const ready = spec.ready ? server.waitForLine(spec.ready, 10_000) : server.waitForPort(10_000);
     if (!(await ready)) {
       await server.stop();
       throw new Error(`${spec.name} did not start: ${server.lastLines() || 'no output'}`);
