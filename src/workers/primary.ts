@@ -135,7 +135,7 @@ export class Primary implements Service {
   }
 
   kill(): void {
-    this.options.log.notice(`Killing ${this.peerCount} remaining session(s)`);
+    this.options.log.notice(`Killing ${this.slots.taken} remaining session(s)`);
     for (const worker of this.workers) worker.send({ t: 'kill' });
   }
 
@@ -321,8 +321,10 @@ export class Primary implements Service {
   /** A worker died: what it held is freed, and a new worker takes its place. */
   private gone(worker: WorkerProcess, code: number | null, signal: NodeJS.Signals | null): void {
     for (const waiter of this.waiters) waiter(worker, undefined);
-    const sessions = worker.peers;
+    // Its peers as the slots it held say (its own count reaches the primary at most every 100 ms).
+    let sessions = 0;
     for (const handed of worker.connections.values()) {
+      if (handed.slot) sessions++;
       this.closed(handed);
       if (handed.slot) this.slots.release();
     }
