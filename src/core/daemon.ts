@@ -163,9 +163,7 @@ export class Daemon implements Service {
   }
 
   private refusal(): string | undefined {
-    if (this.stopping) return 'shutting down';
-    if (this.slots.taken >= this.slots.max) return `peer limit reached (${this.slots.max})`;
-    return undefined;
+    return refusal(this.stopping, this.slots);
   }
 
   private readStdin(input: Readable): void {
@@ -179,6 +177,13 @@ export function stopTakingPeers(options: DaemonOptions, listener: Listener, slot
   listener.close();
   options.dialInput?.destroy();
   slots.close();
+}
+
+/** Why a new peer is turned away now, in one process or in the primary; undefined when it is not. */
+export function refusal(stopping: boolean, slots: PeerSlots): string | undefined {
+  if (stopping) return 'shutting down';
+  if (slots.taken >= slots.max) return `peer limit reached (${slots.max})`;
+  return undefined;
 }
 
 /** What the Listener is given from the daemon's options. */

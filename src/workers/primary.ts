@@ -3,7 +3,7 @@ import type { Readable } from 'node:stream';
 import { describeExit } from '../os/signal-names.js';
 import { reason } from '../log/reason.js';
 import type { ProxiedEndpoints } from '../input/proxy-header.js';
-import { announceListening, listenerSettings, logStartup, openAliases, reloadIdentity, statusHeader, stopTakingPeers, type DaemonOptions, type Service } from '../core/daemon.js';
+import { announceListening, listenerSettings, logStartup, openAliases, refusal, reloadIdentity, statusHeader, stopTakingPeers, type DaemonOptions, type Service } from '../core/daemon.js';
 import { readDialLines } from '../core/dial-lines.js';
 import { loadIdentity, type Identity } from '../core/identity.js';
 import { formatAddress, Listener } from '../core/listener.js';
@@ -165,9 +165,7 @@ export class Primary implements Service {
   }
 
   private refusal(): string | undefined {
-    if (this.stopping) return 'shutting down';
-    if (this.slots.taken >= this.slots.max) return `peer limit reached (${this.slots.max})`;
-    return undefined;
+    return refusal(this.stopping, this.slots);
   }
 
   /** The worker with the fewest connections (taking turns among equals), of those up. */
@@ -308,9 +306,9 @@ export class Primary implements Service {
     if (!standIn) return; // dropped meanwhile: the worker was told
     const secured = this.listener.handshakeDone(standIn);
     if (!secured) return; // evicted or past its deadline: closed, and the worker told
-    const refusal = this.refusal();
-    if (refusal !== undefined || !this.slots.tryAcquire()) {
-      this.listener.turnAway(standIn, secured.remote, refusal ?? 'peer limit reached');
+    const why = this.refusal();
+    if (why !== undefined || !this.slots.tryAcquire()) {
+      this.listener.turnAway(standIn, secured.remote, why ?? 'peer limit reached');
       return;
     }
     handed.slot = true;
