@@ -63,3 +63,13 @@ t.test('a reload while a worker is being replaced reaches the new worker too', a
   for (let i = 0; i < 10; i++) seen.add(await shown(tlsd.port));
   t.same([...seen], [next.fingerprint], 'ten new connections over both workers: every one sees the new certificate');
 });
+
+t.test('signals sent to a worker itself (a whole process group, systemctl kill) change nothing; SIGUSR1 opens no inspector', async (t) => {
+  const tlsd = await startTlsd(t, { identity: server, command: ['sh', '-c', 'echo hello'], env: quietSyslog, options: ['--workers', '2'] });
+  const pid = Number((await tlsd.waitFor(/Started worker 1, pid (\d+)/))[1]);
+  await tlsd.waitFor(/Started worker 2, pid \d+/);
+  for (const signal of ['SIGUSR1', 'SIGHUP', 'SIGINT', 'SIGTERM'] as const) process.kill(pid, signal);
+  for (let i = 0; i < 4; i++) t.equal(await exchange(tlsd.port, alice, ''), 'hello\n', `peer ${i + 1} is served after the signals`);
+  t.doesNotThrow(() => process.kill(pid, 0), 'worker 1 is still running');
+  t.notMatch(tlsd.stderr(), /Debugger listening|Worker 1 \(pid/, 'no inspector opened, and worker 1 was neither lost nor replaced');
+});
