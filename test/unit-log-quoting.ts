@@ -17,41 +17,41 @@ t.test('quoting untrusted text and bytes for a log line', async (t) => {
 });
 
 t.test('a log line holds nothing unprintable, whatever its message carries', async (t) => {
-  const written: string[] = [];
-  const write = process.stderr.write.bind(process.stderr);
-  process.stderr.write = ((chunk: string | Uint8Array) => {
-    written.push(String(chunk));
-    return true;
-  }) as typeof process.stderr.write;
-  try {
+  const written = await stderrWrites(async () => {
     const log = new Logger({ ident: 'test', stderr: true, syslogPath: join(tempDir(), 'no-syslog') });
     log.notice('one\r\ntwo\u001b[2J three\u202eevil \u0085four\u2028five');
     await nextTurn();
     log.close();
-  } finally {
-    process.stderr.write = write;
-  }
+  });
   t.equal(written.join(''), 'test: one two\\u001b[2J three\\u202eevil \\u0085four\\u2028five\n');
 });
 
 t.test('lines of one turn share a write, never one larger than PIPE_BUF, and never split a line; a prefix leads each line', async (t) => {
-  const written: string[] = [];
-  const write = process.stderr.write.bind(process.stderr);
-  process.stderr.write = ((chunk: string | Uint8Array) => {
-    written.push(String(chunk));
-    return true;
-  }) as typeof process.stderr.write;
   const lines = Array.from({ length: 200 }, (_, i) => `line ${i} ${'é'.repeat(40)}`);
-  try {
+  const written = await stderrWrites(async () => {
     const log = new Logger({ ident: 'test', stderr: true, syslogPath: join(tempDir(), 'no-syslog'), prefix: 'worker 2: ' });
     for (const line of lines) log.info(line);
     await nextTurn();
     log.close();
-  } finally {
-    process.stderr.write = write;
-  }
+  });
   t.ok(written.length > 1 && written.length < lines.length, `200 lines in a few writes (${written.length})`);
   t.ok(written.every((chunk) => Buffer.byteLength(chunk) <= 4096), 'each write at most 4,096 bytes, as a pipe keeps it whole');
   t.ok(written.every((chunk) => chunk.endsWith('\n')), 'each write ends at the end of a line');
   t.same(written.join('').split('\n').slice(0, -1), lines.map((line) => `test: worker 2: ${line}`), 'every line, in order, after the prefix');
 });
+
+/** Each write to stderr while `run` runs, instead of writing it. */
+async function stderrWrites(run: () => Promise<void>): Promise<string[]> {
+  const written: string[] = [];
+  const write = process.stderr.write.bind(process.stderr);
+  process.stderr.write = ((chunk: string | Uint8Array) => {
+    written.push(String(chunk));
+    return true;
+  }) as typeof process.stderr.write;
+  try {
+    await run();
+  } finally {
+    process.stderr.write = write;
+  }
+  return written;
+}
