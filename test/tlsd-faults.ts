@@ -10,6 +10,7 @@ import { connectTls, exchange } from './lib/client.js';
 import { tempDir } from './lib/identity.js';
 import { attempt, childrenOf, countMatches, markers, openFds, rawConnect, readUntil, waitUntil, watchClose, withDeadline, type Attempt, cast, quietSyslog } from './lib/limits-faults.js';
 import { bin, startTlsd, watch, type RunningTlsd } from './lib/tlsd.js';
+import { resetSocket } from './lib/tcp-reset.js';
 
 const { server, alice, bob } = cast(t);
 
@@ -187,7 +188,7 @@ async function resettableClient(t: Test, port: number): Promise<{ reset: Resetta
   const tls = tlsConnect({ socket: raw, rejectUnauthorized: false, key: readFileSync(alice.key), cert: readFileSync(alice.cert) });
   tls.on('error', () => {}); // after the reset, whatever the TLS layer thinks of it does not matter
   await withDeadline(new Promise((resolve) => tls.once('secureConnect', resolve)), 15_000, 'the handshake');
-  return { reset: { tls, now: () => void raw.resetAndDestroy() }, label };
+  return { reset: { tls, now: () => resetSocket(raw, tls) }, label };
 }
 
 t.test('out of file descriptors: tlsd logs it, stays up, and serves again once they are back', async (t) => {

@@ -7,6 +7,7 @@ import { freePort } from './lib/examples.js';
 import { cast, countMatches, quietSyslog, rawConnect, realClientHello, settledStatus, waitUntil, watchClose, withDeadline } from './lib/limits-faults.js';
 import { proxiedTls, proxyV1, proxyV2, V2_LOCAL } from './lib/proxy-protocol.js';
 import { bin, startTlsd, watch, type RunningTlsd } from './lib/tlsd.js';
+import { resetSocket } from './lib/tcp-reset.js';
 
 // tlsd behind a balancer: --accept-proxy. The balancer here is a pretend one, a client that
 // connects from 127.0.0.10 and writes a PROXY header; test/example-cluster.ts runs HAProxy itself.
@@ -182,7 +183,7 @@ t.test('hostile and broken preambles: one log line each, a closed connection, no
           if (c.gapMs) await sleep(c.gapMs);
         }
         if (c.end && !watch.closed) socket.end();
-        if (c.reset) socket.resetAndDestroy();
+        if (c.reset) resetSocket(socket);
       })();
       return { c, from, port: socket.localPort!, watch, opened: Date.now() };
     }),

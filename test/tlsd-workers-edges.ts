@@ -13,8 +13,12 @@ import { root, startTlsd } from './lib/tlsd.js';
 
 const { server, alice } = cast(t);
 
-t.test('silent TCP connections hold no peer slot: a real peer is served (--workers 2 --max-peers 1)', async (t) => {
-  const tlsd = await startTlsd(t, { identity: server, command: ['sh', '-c', 'echo hello'], env: quietSyslog, options: ['--workers', '2', '--max-peers', '1'] });
+// As many silent connections as peer slots: were a slot given with the connection, every peer
+// would be refused. The peers come one after the other, and a peer's slot is free once its worker
+// has seen it go and told the primary (under load, that can come after the next peer's handshake):
+// with three slots, the third peer finds one free even if neither earlier peer's has come back yet.
+t.test('silent TCP connections hold no peer slot: real peers are served (--workers 2 --max-peers 3, 3 silent)', async (t) => {
+  const tlsd = await startTlsd(t, { identity: server, command: ['sh', '-c', 'echo hello'], env: quietSyslog, options: ['--workers', '2', '--max-peers', '3'] });
   await tlsd.waitFor(/Started worker 2, pid \d+/);
   const silent = await Promise.all([rawConnect(t, tlsd.port), rawConnect(t, tlsd.port), rawConnect(t, tlsd.port)]);
   for (let i = 0; i < 3; i++) t.equal(await exchange(tlsd.port, alice, ''), 'hello\n', `peer ${i + 1} is served while 3 connections sit silent in their handshakes`);

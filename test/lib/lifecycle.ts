@@ -6,6 +6,7 @@ import { connect as tlsConnect, type ConnectionOptions, type TLSSocket } from 'n
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { TestIdentity } from './identity.js';
 import { bin, watch, type RunningTlsd, type Teardown } from './tlsd.js';
+import { resetSocket } from './tcp-reset.js';
 
 /** The SHA-256 of the certificate the server presented, in tlsd's notation (lowercase hex). */
 export function serverFingerprint(socket: TLSSocket): string {
@@ -41,7 +42,7 @@ export function resettable(t: Teardown, port: number, identity: TestIdentity, ms
     }, ms);
     tls.once('secureConnect', () => {
       clearTimeout(timer);
-      resolve({ tls, reset: () => void raw.resetAndDestroy() });
+      resolve({ tls, reset: () => resetSocket(raw, tls) });
     });
     tls.once('close', () => {
       clearTimeout(timer);

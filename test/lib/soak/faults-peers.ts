@@ -7,6 +7,7 @@ import { eventually, settle, status } from './daemon.js';
 import { zooTlsd } from './faults-children.js';
 import { awaitEnded, labelOf, saidOf, sessionEnded, story } from './peer-log.js';
 import { clientOptions, converse, pool, reportCanary, resettable, Rng, secureClient, sha256, writeOrWait, type Conversation } from './traffic.js';
+import { resetSocket } from '../tcp-reset.js';
 
 export const peersReset: SoakCase = {
   id: 'peer-resets',
@@ -115,7 +116,7 @@ function relay(target: number): Promise<Relay> {
   });
   const reset = (): void => {
     for (const [client, upstream] of pairs) {
-      upstream.resetAndDestroy();
+      resetSocket(upstream);
       client.destroy();
     }
   };

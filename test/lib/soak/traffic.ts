@@ -4,6 +4,7 @@ import { connect as netConnect, type Socket } from 'node:net';
 import { connect, type ConnectionOptions, type TLSSocket } from 'node:tls';
 import type { TestIdentity } from '../identity.js';
 import type { CaseContext } from './case.js';
+import { resetSocket } from '../tcp-reset.js';
 
 /** A small seeded generator (mulberry32): the same seed gives the same run, every time. */
 export class Rng {
@@ -339,5 +340,5 @@ export async function resettable(port: number, identity: TestIdentity, servernam
   raw.on('error', () => {});
   // after a reset the TLS layer's opinion does not matter: secureClient ignores its errors
   const tls = await secureClient(clientOptions(port, identity, { socket: raw, allowHalfOpen: true, ...(servername ? { servername } : {}) }), ms);
-  return { tls, raw, reset: () => void raw.resetAndDestroy() };
+  return { tls, raw, reset: () => resetSocket(raw, tls) };
 }
