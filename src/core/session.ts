@@ -6,6 +6,11 @@ import { connectionLost, descriptorOf } from '../os/tcp-probe.js';
 import type { Environment } from '../launch/launch.js';
 import type { ChildEvents, ChildLike, Launch } from '../launch/launch.js';
 import { signalNumber } from '../os/signal-names.js';
+import { forward, unforward } from './forward.js';
+
+/** The session a peer's socket or its child's stdin belongs to, for Session's shared listeners. */
+const owner = Symbol('session');
+type Owned = { [owner]?: Session };
 
 /** What every session of a daemon shares: made once, so that an idle peer does not pay for a copy. */
 export interface SessionSettings {
@@ -95,22 +100,46 @@ export class Session implements ChildEvents {
     return this.socket.bytesWritten;
   }
 
+  // Listeners shared by every session (a closure each would cost every idle peer): each finds its
+  // session through the stream's `owner`.
+
+  private static onSocketError(this: Owned, error: Error): void {
+    const session = this[owner];
+    if (!session) return;
+    if (tracing) trace('%s: connection error: %s', session.label, reason(error));
+    if (!session.socketClosed) session.options.log.info(`${session.label}: connection error: ${reason(error)}`);
+    // A TLS protocol error (a malformed record, a fatal alert) leaves Node's socket open.
+    session.socket.destroy();
+  }
+
+  private static onSocketClose(this: Owned): void {
+    this[owner]?.onSocketClosed();
+  }
+
+  private static onSocketEnd(this: Owned): void {
+    this[owner]?.onPeerEnded();
+  }
+
+  private static onSocketFinish(this: Owned): void {
+    const session = this[owner];
+    if (!session) return;
+    trace('%s: output flushed', session.label);
+    session.outputFlushed = true;
+    session.lingerIfDone();
+  }
+
+  private static onStdinGone(this: Owned): void {
+    this[owner]?.discardInput();
+  }
+
   start(): void {
     const { socket, options } = this;
-    socket.on('error', (error) => {
-      if (tracing) trace('%s: connection error: %s', this.label, reason(error));
-      if (!this.socketClosed) options.log.info(`${this.label}: connection error: ${reason(error)}`);
-      // A TLS protocol error (a malformed record, a fatal alert) leaves Node's socket open.
-      socket.destroy();
-    });
-    socket.on('close', () => this.onSocketClosed());
-    // Piped with { end: false }: the end of the peer's side is endChild's to pass on, -s and all.
-    socket.on('end', () => this.onPeerEnded());
-    socket.on('finish', () => {
-      trace('%s: output flushed', this.label);
-      this.outputFlushed = true;
-      this.lingerIfDone();
-    });
+    (socket as Owned)[owner] = this;
+    socket.on('error', Session.onSocketError);
+    socket.on('close', Session.onSocketClose);
+    // Forwarded without ending stdin: the end of the peer's side is endChild's to pass on, -s and all.
+    socket.on('end', Session.onSocketEnd);
+    socket.on('finish', Session.onSocketFinish);
 
     try {
       const env = this.env!;
@@ -140,17 +169,17 @@ export class Session implements ChildEvents {
     // A child that exits without reading its input must not cost the peer the output it made:
     // from then on the peer's data is read and dropped. A stream that is already closed reports
     // no write error at all (the helper's child may be gone before it is wired), hence 'close'.
-    const discard = (): void => this.discardInput();
-    stdin.on('error', discard);
-    stdin.on('close', discard);
+    (stdin as Owned)[owner] = this;
+    stdin.on('error', Session.onStdinGone);
+    stdin.on('close', Session.onStdinGone);
     if (this.socketClosed) {
       // The peer left while the child was starting: it gets EOF (and -s) at once.
       this.cutOffChild();
       return;
     }
     if (stdin.destroyed) this.discardInput();
-    else socket.pipe(stdin, { end: false });
-    stdout.pipe(socket);
+    else forward(socket, stdin, false);
+    forward(stdout, socket, true);
     if (tracing) stdout.once('end', () => trace('%s: child EOF', this.label));
     // The peer ended, or shutdown began, while the child was starting: it gets what it missed.
     if (this.peerEnded || this.shuttingDown) this.endChild();
@@ -218,7 +247,7 @@ export class Session implements ChildEvents {
     const { options } = this;
     options.log.error(`${this.label}: Failed to execute ${JSON.stringify(options.command)}: ${reason(error)}`);
     if (tracing) trace('%s: launch failed: %s', this.label, reason(error));
-    this.socket.unpipe();
+    unforward(this.socket);
     this.discardInput();
     this.socket.end();
     this.onChildGone();
@@ -247,7 +276,7 @@ export class Session implements ChildEvents {
   private cutOffChild(): void {
     const stdout = this.child?.stdout;
     if (stdout) {
-      stdout.unpipe(this.socket);
+      unforward(stdout);
       stdout.resume();
     }
     this.endChild();
@@ -290,14 +319,13 @@ export class Session implements ChildEvents {
     const stdin = this.child?.stdin;
     if (stdin && !stdin.writableEnded && !stdin.destroyed) {
       trace('%s: half-close: child stdin ended', this.label);
-      this.socket.unpipe(stdin);
+      unforward(this.socket);
       stdin.end();
     }
   }
 
   private discardInput(): void {
-    const stdin = this.child?.stdin;
-    if (stdin) this.socket.unpipe(stdin);
+    unforward(this.socket);
     this.socket.resume();
   }
 

@@ -1,6 +1,10 @@
 import type { Socket } from 'node:net';
 import type { ChildEvents, ChildLike } from './launch.js';
 
+/** The child a stream from the helper belongs to, for RemoteChild's shared listener. */
+const owner = Symbol('child');
+type Owned = { [owner]?: RemoteChild };
+
 /** What a RemoteChild asks of the spawn helper that started it. */
 export interface RemoteChildOwner {
   kill(child: RemoteChild, signal: NodeJS.Signals): void;
@@ -54,9 +58,10 @@ export class RemoteChild implements ChildLike {
     else this.output = socket;
     // Counted from now: a stream can close before `started` (Node reads a received socket at once,
     // and ends and closes it at EOF when its child exits quickly), and a 'close' nobody heard
-    // would keep the child, and its session, forever. 'on': 'close' comes once, and once()'s
-    // wrapper would stay in memory for the session's life.
-    socket.on('close', () => this.streamClosed());
+    // would keep the child, and its session, forever. One listener shared by every child (a
+    // closure, or once()'s wrapper, would stay in memory for the session's life).
+    (socket as Owned)[owner] = this;
+    socket.on('close', RemoteChild.onStreamClose);
   }
 
   /**
@@ -97,6 +102,10 @@ export class RemoteChild implements ChildLike {
     this.output?.destroy();
     this.owner.forget(this);
     this.events.failed(error);
+  }
+
+  private static onStreamClose(this: Owned): void {
+    this[owner]?.streamClosed();
   }
 
   private streamClosed(): void {
