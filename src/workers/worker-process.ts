@@ -4,6 +4,13 @@ import type { Identity } from '../core/identity.js';
 import type { FromWorker, ToWorker, WorkerConfig } from './messages.js';
 import { WORKER_MARK } from './worker.js';
 
+/**
+ * A worker's young generation stays at 1 MiB: V8 grows it to 16 MiB in a burst of connections and
+ * keeps it, which with thousands of idle peers is about 2 KiB per peer (docs/performance.md,
+ * "Where an idle peer's memory goes"); the bench saw no CPU cost per connection from it.
+ */
+const WORKER_V8_FLAGS = ['--max-semi-space-size=1'];
+
 /** A worker should say it is ready within this long (its spawn helper allows itself 5 s). */
 const READY_TIMEOUT_MS = 10_000;
 
@@ -51,7 +58,7 @@ export class WorkerProcess {
     events: WorkerEvents,
   ) {
     this.index = config.index;
-    this.child = fork(program, [], { env: { ...config.environment, [WORKER_MARK]: '1' }, stdio: ['ignore', 'ignore', 'inherit', 'ipc'], serialization: 'json' });
+    this.child = fork(program, [], { execArgv: [...process.execArgv, ...WORKER_V8_FLAGS], env: { ...config.environment, [WORKER_MARK]: '1' }, stdio: ['ignore', 'ignore', 'inherit', 'ipc'], serialization: 'json' });
     this.child.on('error', () => {}); // its exit says what happened
     this.child.on('message', (batch: FromWorker[]) => {
       if (!Array.isArray(batch)) return; // not a worker of this tlsd
