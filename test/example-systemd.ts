@@ -84,7 +84,9 @@ t.test("the unit's ExecStart= with example.conf's settings, under socket activat
   });
   await tlsd.waitFor(new RegExp(`Listening on 127\\.0\\.0\\.1:${port}`));
   t.equal(await withDeadline(exchange(port, alice, 'hello\n'), 15_000, 'the first connection is served'), 'hello\n');
-  t.match(tlsd.stderr(), `tlsd@hello: Listening on 127.0.0.1, port ${port}`, 'serves the socket systemd passed, under the instance name');
+  // With --workers the primary logs its Listening line once every worker is up, which can be after
+  // the first worker has served this first connection.
+  await t.resolves(tlsd.waitFor(new RegExp(`tlsd@hello: Listening on 127\\.0\\.0\\.1, port ${port}\\b`), 10_000), 'serves the socket systemd passed, under the instance name');
   await notify.waitFor(has('READY', '1'), 'READY=1');
 
   // ExecReload=, as systemd runs it with $MAINPID: the launcher exec'd tlsd, so its pid is tlsd's.
