@@ -7,9 +7,8 @@ import type { Readable, Writable } from 'node:stream';
  */
 const target = Symbol('forwarded to');
 const source = Symbol('forwarded from');
-const endsTarget = Symbol('ends its target');
 
-type From = Readable & { [target]?: To; [endsTarget]?: boolean };
+type From = Readable & { [target]?: To };
 type To = Writable & { [source]?: From };
 
 /**
@@ -20,7 +19,6 @@ export function forward(from: Readable, to: Writable, end: boolean): void {
   const reader = from as From;
   const writer = to as To;
   reader[target] = writer;
-  reader[endsTarget] = end;
   writer[source] = reader;
   reader.on('data', onData);
   if (end) {
@@ -59,11 +57,12 @@ function onDrain(this: To): void {
   if (reader?.[target] === this) reader.resume();
 }
 
+/** Listened to, or called, only when forwarding with `end`. */
 function onEnd(this: From): void {
   endTarget(this);
 }
 
 function endTarget(reader: From): void {
   const writer = reader[target];
-  if (writer && reader[endsTarget] && !writer.writableEnded && !writer.destroyed) writer.end();
+  if (writer && !writer.writableEnded && !writer.destroyed) writer.end();
 }
