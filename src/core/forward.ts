@@ -22,7 +22,7 @@ export function forward(from: Readable, to: Writable, end: boolean): void {
   writer[source] = reader;
   reader.on('data', onData);
   if (end) {
-    if (reader.readableEnded) process.nextTick(endTarget, reader);
+    if (reader.readableEnded) process.nextTick(endLate, reader, writer);
     else reader.on('end', onEnd);
   }
   reader.resume();
@@ -60,6 +60,14 @@ function onDrain(this: To): void {
 /** Listened to, or called, only when forwarding with `end`. */
 function onEnd(this: From): void {
   endTarget(this);
+}
+
+/**
+ * The end of a reader that had ended before forward(): by the next tick it may forward elsewhere,
+ * perhaps without the end, so only the writer it was forwarded to with the end is ended.
+ */
+function endLate(reader: From, writer: To): void {
+  if (reader[target] === writer) endTarget(reader);
 }
 
 function endTarget(reader: From): void {
