@@ -57,9 +57,15 @@ function onDrain(this: To): void {
   if (reader?.[target] === this) reader.resume();
 }
 
-/** Listened to, or called, only when forwarding with `end`. */
+/**
+ * Listened to only when forwarding with `end`. Nothing more will be read, so a drain the writer
+ * owes no longer matters (and an ending writer emits none): its listener goes too.
+ */
 function onEnd(this: From): void {
-  endTarget(this);
+  const writer = this[target];
+  if (!writer) return;
+  writer.off('drain', onDrain);
+  if (!writer.writableEnded && !writer.destroyed) writer.end();
 }
 
 /**
@@ -67,10 +73,5 @@ function onEnd(this: From): void {
  * perhaps without the end, so only the writer it was forwarded to with the end is ended.
  */
 function endLate(reader: From, writer: To): void {
-  if (reader[target] === writer) endTarget(reader);
-}
-
-function endTarget(reader: From): void {
-  const writer = reader[target];
-  if (writer && !writer.writableEnded && !writer.destroyed) writer.end();
+  if (reader[target] === writer) onEnd.call(reader);
 }
