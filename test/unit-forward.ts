@@ -9,6 +9,7 @@ import { PassThrough, Writable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import t, { type Test } from 'tap';
 import { forward, unforward } from '../src/core/forward.js';
+import { withDeadline } from './lib/limits-faults.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -16,14 +17,8 @@ const MiB = 1024 * KiB;
 const DEADLINE_MS = 2_000;
 
 /** Resolves with `promise`, or rejects after DEADLINE_MS saying what did not happen. */
-async function within<T>(promise: Promise<T>, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`${what}: not within ${DEADLINE_MS} ms`)), DEADLINE_MS)));
-  try {
-    return await Promise.race([promise, late]);
-  } finally {
-    clearTimeout(timer);
-  }
+function within<T>(promise: Promise<T>, what: string): Promise<T> {
+  return withDeadline(promise, DEADLINE_MS, what);
 }
 
 /** Resolves once `condition` holds; rejects after DEADLINE_MS. */
